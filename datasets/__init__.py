@@ -1,0 +1,1 @@
+"""gensynth_datasets: built-in gensynth plugin."""

@@ -1,0 +1,172 @@
+"""Build the parts of a run from its configuration, checking that they fit together.
+
+Everything is looked up by name in the registries; the core never imports a plugin.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from gensynth.config import RunConfig
+from gensynth.errors import ConfigError, IncompatibleError
+from gensynth.interfaces import (Capability, DatasetSpec, Discriminator, Generator, LossTerm, ModelPreset,
+                                 Objective, TrainingMethod, discriminator_capabilities)
+from gensynth.plugins import PluginHost, get_host
+
+
+@dataclass
+class Parts:
+    """Resolved names and options of every part of a run (before any network is built)."""
+
+    preset: ModelPreset
+    dataset: DatasetSpec
+    generator: str
+    generator_options: dict[str, Any]
+    discriminator: str
+    discriminator_options: dict[str, Any]
+    objective: str
+    objective_options: dict[str, Any]
+    losses: dict[str, float]
+    loss_options: dict[str, dict[str, Any]]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of one-hot channels the networks see."""
+        n = self.dataset.num_classes
+        if self.preset.dontcare == "extra-last" and self.dataset.dontcare is None:
+            return n + 1
+        return n
+
+
+def _validate_options(entry, options: dict[str, Any], where: str) -> dict[str, Any]:
+    schema = entry.options
+    if schema is None:
+        return dict(options)
+    if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+        return dict(options)
+    try:
+        return schema.model_validate(options).model_dump()
+    except ValidationError as exc:
+        lines = [f"invalid {where} for {entry.name!r}:"]
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {where}.{loc} = {err.get('input')!r}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def resolve_parts(cfg: RunConfig, host: PluginHost | None = None) -> Parts:
+    host = host or get_host()
+    preset: ModelPreset = host.registry("models").get(cfg.model.preset)
+    dataset: DatasetSpec = host.registry("datasets").get(cfg.data.name)
+    m = cfg.model
+    g_name = m.generator or preset.generator.name
+    d_name = m.discriminator or preset.discriminator.name
+    o_name = m.objective or preset.objective.name
+    # options from the preset apply only when the part is the preset's own
+    g_opts = {**(preset.generator.options if g_name == preset.generator.name else {}), **m.generator_options}
+    d_opts = {**(preset.discriminator.options if d_name == preset.discriminator.name else {}), **m.discriminator_options}
+    o_opts = {**(preset.objective.options if o_name == preset.objective.name else {}), **m.objective_options}
+    losses = {**preset.losses, **m.losses}
+    losses = {k: float(v) for k, v in losses.items() if v}
+    g_entry = host.registry("generators").entry(g_name)
+    d_entry = host.registry("discriminators").entry(d_name)
+    o_entry = host.registry("objectives").entry(o_name)
+    loss_reg = host.registry("losses")
+    for name in losses:
+        loss_reg.entry(name)
+    parts = Parts(preset, dataset, g_name, _validate_options(g_entry, g_opts, "model.generator_options"),
+                  d_name, _validate_options(d_entry, d_opts, "model.discriminator_options"),
+                  o_name, _validate_options(o_entry, o_opts, "model.objective_options"), losses, dict(m.loss_options))
+    check_compatibility(parts, host)
+    return parts
+
+
+def _discriminator_class(entry) -> type[Discriminator] | None:
+    cls = entry.extra.get("cls") or entry.obj
+    return cls if isinstance(cls, type) and issubclass(cls, Discriminator) else None
+
+
+def check_compatibility(parts: Parts, host: PluginHost | None = None) -> None:
+    """Reject combinations that cannot train, saying why and what would work."""
+    host = host or get_host()
+    d_reg, o_reg, l_reg = host.registry("discriminators"), host.registry("objectives"), host.registry("losses")
+    d_cls = _discriminator_class(d_reg.entry(parts.discriminator))
+    if d_cls is None:
+        return  # a factory that does not declare its class: checked when built
+    o_cls = o_reg.get(parts.objective)
+    kind = d_cls.output_kind
+    if kind not in o_cls.accepts:
+        fitting = [n for n in o_reg.names() if kind in o_reg.get(n).accepts]
+        raise IncompatibleError(
+            f"objective {parts.objective!r} cannot score discriminator {parts.discriminator!r}: it outputs "
+            f"{kind.value!r} but the objective accepts {sorted(k.value for k in o_cls.accepts)}. "
+            f"Objectives that fit: {', '.join(fitting) or 'none'} (--objective NAME)")
+    caps = discriminator_capabilities(d_cls)
+    for name in parts.losses:
+        term_cls = l_reg.get(name)
+        missing = [c for c in term_cls.requires if c in (Capability.PIXEL_OUTPUT, Capability.FEATURES) and c not in caps]
+        if missing:
+            fitting = [n for n in d_reg.names()
+                       if (c := _discriminator_class(d_reg.entry(n))) and set(missing) <= discriminator_capabilities(c)]
+            raise IncompatibleError(
+                f"loss {name!r} needs {', '.join(c.value for c in missing)}, which discriminator "
+                f"{parts.discriminator!r} ({kind.value}) does not provide. Either drop it "
+                f"(--set model.losses.{name}=0) or use a discriminator that provides it: {', '.join(fitting) or 'none'}")
+        if Capability.STYLE_IMAGE in term_cls.requires or Capability.GENERATOR_AUX in term_cls.requires:
+            g_entry = host.registry("generators").entry(parts.generator)
+            if not parts.generator_options.get("use_vae", False) and not g_entry.extra.get("style_encoder"):
+                raise IncompatibleError(
+                    f"loss {name!r} needs a generator with a style encoder (mu, logvar outputs); generator "
+                    f"{parts.generator!r} has none. Set model.generator_options.use_vae=true or drop the loss")
+
+
+def build_generator(parts: Parts, host: PluginHost | None = None, **overrides: Any) -> Generator:
+    host = host or get_host()
+    factory = host.registry("generators").get(parts.generator)
+    return factory(num_classes=parts.num_classes, **{**parts.generator_options, **overrides})
+
+
+def build_discriminator(parts: Parts, host: PluginHost | None = None, **overrides: Any) -> Discriminator:
+    host = host or get_host()
+    factory = host.registry("discriminators").get(parts.discriminator)
+    d = factory(num_classes=parts.num_classes, **{**parts.discriminator_options, **overrides})
+    o_cls = host.registry("objectives").get(parts.objective)
+    if d.output_kind not in o_cls.accepts:
+        raise IncompatibleError(f"objective {parts.objective!r} cannot score {parts.discriminator!r} ({d.output_kind.value})")
+    return d
+
+
+def build_objective(parts: Parts, host: PluginHost | None = None) -> Objective:
+    host = host or get_host()
+    cls = host.registry("objectives").get(parts.objective)
+    return cls(dontcare=parts.dataset.dontcare, **parts.objective_options)
+
+
+def build_terms(parts: Parts, host: PluginHost | None = None) -> list[LossTerm]:
+    host = host or get_host()
+    reg = host.registry("losses")
+    terms = []
+    for name, weight in parts.losses.items():
+        term = reg.get(name)(weight=weight, **parts.loss_options.get(name, {}))
+        term.name = name
+        terms.append(term)
+    return terms
+
+
+def build_method(parts: Parts, host: PluginHost | None = None) -> TrainingMethod:
+    from gensynth.method import METHODS
+
+    objective, terms = build_objective(parts, host), build_terms(parts, host)
+    if parts.preset.method_factory is not None:
+        return parts.preset.method_factory(objective, terms)
+    try:
+        return METHODS[parts.preset.method](objective, terms)
+    except KeyError:
+        raise ConfigError(f"preset {parts.preset.name!r} names unknown training method {parts.preset.method!r}; "
+                          f"known: {', '.join(METHODS)}") from None
+
+
+def count_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())

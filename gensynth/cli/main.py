@@ -1,0 +1,71 @@
+"""The ``gensynth`` command line (click + rich)."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+from rich.console import Console
+
+from gensynth import __version__
+from gensynth.errors import GensynthError
+
+# command modules of the core, each defining ``command`` (a click command or group)
+CORE_COMMANDS = ["train", "generate", "evaluate", "segment", "segmenter", "datasets", "models", "plugins", "compare"]
+
+
+class GensynthGroup(click.Group):
+    """Turns gensynth's own errors into one red line (no traceback) and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except GensynthError as exc:
+            Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            ctx.exit(2)
+
+
+@click.group(cls=GensynthGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="gensynth")
+def cli():
+    """gensynth: semantic image synthesis (label map -> photo) with OASIS, SPADE+ and plugins.
+
+    \b
+    Quick start (built-in demo data, CPU is fine):
+      gensynth train --model oasis --data demo --steps 300
+      gensynth generate --checkpoint runs/oasis-demo --labels LABEL.png --out out/ --samples 4
+    """
+
+
+def _add_core_commands(group: click.Group) -> None:
+    for name in CORE_COMMANDS:
+        try:
+            module = importlib.import_module(f"gensynth.cli.{name}_cmd")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"gensynth.cli.{name}_cmd":
+                continue
+            raise
+        group.add_command(module.command, name=name)
+
+
+_add_core_commands(cli)
+_plugin_commands_added = False
+
+
+def _add_plugin_commands() -> None:
+    global _plugin_commands_added
+    if _plugin_commands_added:
+        return
+    _plugin_commands_added = True
+    from gensynth.plugins import get_host
+
+    get_host().pm.hook.register_commands(cli=cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        _add_plugin_commands()
+    except GensynthError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    cli.main(args=argv, prog_name="gensynth")

@@ -1,0 +1,34 @@
+"""``gensynth plugins``: what is installed and what it registered."""
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+
+@click.group()
+def command():
+    """Inspect installed plugins."""
+
+
+@command.command("list")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def list_plugins(as_json: bool):
+    """Each plugin: name, distribution and version, hooks implemented, names registered."""
+    from gensynth.plugins import get_host
+
+    infos = get_host().plugin_infos()
+    if as_json:
+        click.echo(json.dumps([
+            {"name": i.name, "module": i.module, "distribution": i.distribution, "version": i.version,
+             "hooks": i.hooks, "registered": i.registered} for i in infos], indent=2))
+        return
+    table = Table(title="gensynth plugins")
+    for col in ("plugin", "distribution", "hooks", "registered"):
+        table.add_column(col, overflow="fold")
+    for i in infos:
+        reg = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in i.registered.items())
+        table.add_row(i.name, f"{i.distribution or '-'} {i.version or ''}".strip(), "\n".join(i.hooks), reg or "-")
+    Console(width=160).print(table)

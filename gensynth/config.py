@@ -1,0 +1,263 @@
+"""Typed run configuration (pydantic v2), layered with provenance.
+
+Layering, lowest first: built-in defaults < model preset < dataset defaults (the dataset's own,
+then the preset's per-dataset values, then the paper's if ``model.values=paper``) < YAML < CLI.
+The resolved configuration records where every value came from.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gensynth.errors import ConfigError, suggest
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    preset: str = Field("oasis", description="named model preset (gensynth models list)")
+    values: Literal["official", "paper"] = Field(
+        "official", description="per-dataset defaults of the official code/scripts, or the paper's stated values")
+    generator: Optional[str] = Field(None, description="override the preset's generator")
+    generator_options: dict[str, Any] = Field(default_factory=dict)
+    discriminator: Optional[str] = Field(None, description="override the preset's discriminator")
+    discriminator_options: dict[str, Any] = Field(default_factory=dict)
+    objective: Optional[str] = Field(None, description="override the preset's adversarial objective")
+    objective_options: dict[str, Any] = Field(default_factory=dict)
+    losses: dict[str, float] = Field(default_factory=dict, description="loss term -> weight (0 disables)")
+    loss_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class DataConfig(Section):
+    name: str = Field("demo", description="dataset name (gensynth datasets list)")
+    root: Optional[str] = Field(None, description="shards (path, brace pattern, http(s)://, s3://, gs://, pipe:) "
+                                                  "or the dataset's raw official layout")
+    split: str = "train"
+    val_split: str = "val"
+    size: Optional[tuple[int, int]] = Field(None, description="(H, W) training resolution; default: the dataset's")
+    flip: bool = True
+    num_workers: int = Field(2, ge=0)
+    shuffle_buffer: int = Field(256, ge=0)
+    cache_dir: Optional[str] = Field(None, description="where raw layouts are converted to shards once")
+    demo_samples: int = Field(256, ge=1, description="number of samples of the procedural demo dataset")
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, v):
+        if v is not None and (v[0] < 8 or v[1] < 8):
+            raise ValueError(f"size must be at least 8x8 (H, W), got {v[0]}x{v[1]}")
+        return v
+
+
+class OptimConfig(Section):
+    lr_g: float = Field(1e-4, gt=0)
+    lr_d: float = Field(4e-4, gt=0)
+    beta1: float = Field(0.0, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    schedule: Literal["constant", "linear-decay"] = "constant"
+    decay_start: float = Field(0.5, ge=0, le=1, description="fraction of training after which linear decay starts")
+    grad_clip: Optional[float] = Field(None, gt=0)
+
+
+class TrainerConfig(Section):
+    steps: Optional[int] = Field(None, ge=1, description="total optimisation steps (overrides epochs)")
+    epochs: float = Field(200, gt=0, description="epochs over the training split when steps is not set")
+    batch_size: int = Field(32, ge=1, description="global batch size, divided among ranks")
+    micro_batch_size: Optional[int] = Field(None, ge=1, description="per-rank forward size; accumulate the rest")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 42
+    ema_decay: Optional[float] = Field(0.9999, ge=0, lt=1, description="None disables the EMA generator")
+    ema_warmup: bool = Field(True, description="decay min(decay, (1+t)/(10+t)) so short runs do not lag")
+    bn_refresh_batches: int = Field(50, ge=0, description="batches to re-estimate the EMA generator's BN stats")
+    log_every: int = Field(50, ge=1)
+    sample_every: int = Field(500, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_last: int = Field(3, ge=1)
+    run_dir: Optional[str] = Field(None, description="default runs/<preset>-<dataset>")
+    deterministic: bool = False
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+    init_from: Optional[str] = Field(None, description="checkpoint to initialise from (fine-tuning)")
+    compile: bool = False
+
+
+class EvalConfig(Section):
+    every: int = Field(0, ge=0, description="evaluate every N steps (0: never during training)")
+    metrics: list[str] = Field(default_factory=lambda: ["fid"])
+    fid_weights: Optional[str] = Field(None, description="pt_inception-2015-12-05-6726825d.pth path")
+    fid_backend: Literal["pytorch-fid", "torchmetrics"] = "pytorch-fid"
+    num_samples: Optional[int] = Field(None, ge=1, description="limit evaluation to N label maps")
+    track: str = "fid"
+    track_mode: Literal["min", "max"] = "min"
+    segmenter: Optional[str] = None
+    segmenter_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _micro_batch(self):
+        mb = self.trainer.micro_batch_size
+        if mb is not None and mb > self.trainer.batch_size:
+            raise ValueError(f"trainer.micro_batch_size ({mb}) exceeds trainer.batch_size ({self.trainer.batch_size})")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# dotted keys, layers and provenance
+# ---------------------------------------------------------------------------------------------
+def _leaf_paths(model_cls: type[BaseModel], prefix: str = "") -> list[str]:
+    paths = []
+    for name, info in model_cls.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            paths += _leaf_paths(ann, f"{prefix}{name}.")
+        else:
+            paths.append(f"{prefix}{name}")
+    return paths
+
+
+ALL_KEYS = _leaf_paths(RunConfig)
+_DICT_KEYS = {k for k in ALL_KEYS if k.endswith(("_options", "losses"))}
+
+
+def check_key(key: str) -> None:
+    if key in ALL_KEYS:
+        return
+    for d in _DICT_KEYS:  # model.losses.labelmix, model.generator_options.channels
+        if key.startswith(d + "."):
+            return
+    raise ConfigError(f"unknown configuration key {key!r}.{suggest(key, ALL_KEYS)} "
+                      f"Known keys: {', '.join(ALL_KEYS)}")
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; dict-valued option fields are flattened one level deeper."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and (key not in ALL_KEYS or key in _DICT_KEYS) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``['trainer.steps=10', 'model.losses.labelmix=5']`` -> dotted dict (values parsed as YAML)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        check_key(key)
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from exc
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
+    flat = flatten(data)
+    for k in flat:
+        try:
+            check_key(k)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return flat
+
+
+def format_validation_error(exc: ValidationError, values: dict[str, Any] | None = None,
+                            provenance: dict[str, str] | None = None) -> str:
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        value = err.get("input")
+        origin = f" (from {provenance[loc]})" if provenance and loc in provenance else ""
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key.{suggest(loc, ALL_KEYS)}"
+        lines.append(f"  {loc or '(root)'} = {value!r}{origin}: {msg}")
+    return "\n".join(lines)
+
+
+def build_config(layers: list[tuple[str, dict[str, Any]]]) -> tuple[RunConfig, dict[str, str]]:
+    """Merge (source, dotted-dict) layers in order and validate. Returns (config, provenance)."""
+    tree: dict[str, Any] = {}
+    provenance: dict[str, str] = {}
+    for source, flat in layers:
+        for key, value in flat.items():
+            check_key(key)
+            _set_dotted(tree, key, copy.deepcopy(value))
+            provenance[key] = source
+    try:
+        cfg = RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, provenance=provenance)) from None
+    full = {k: "default" for k in flatten(cfg.model_dump())}
+    full.update(provenance)
+    return cfg, full
+
+
+def resolve(cli: dict[str, Any] | None = None, yaml_path: str | None = None,
+            host=None) -> tuple[RunConfig, dict[str, str]]:
+    """Resolve the run configuration from the registries, a YAML file and CLI overrides."""
+    from gensynth.plugins import get_host
+
+    host = host or get_host()
+    cli = dict(cli or {})
+    for k in cli:
+        check_key(k)
+    from_yaml = load_yaml(yaml_path) if yaml_path else {}
+    user = {**from_yaml, **cli}
+    preset_name = user.get("model.preset", ModelConfig.model_fields["preset"].default)
+    data_name = user.get("data.name", DataConfig.model_fields["name"].default)
+    values = user.get("model.values", "official")
+    preset = host.registry("models").get(preset_name)
+    dataset = host.registry("datasets").get(data_name)
+
+    layers: list[tuple[str, dict[str, Any]]] = [(f"preset {preset_name}", dict(preset.defaults))]
+    layers.append((f"dataset {data_name}", dict(dataset.default_options())))
+    if data_name in preset.dataset_defaults:
+        layers.append((f"preset {preset_name} for {data_name} (official scripts)", dict(preset.dataset_defaults[data_name])))
+    if values == "paper" and data_name in preset.paper_defaults:
+        layers.append((f"preset {preset_name} for {data_name} (paper)", dict(preset.paper_defaults[data_name])))
+    if from_yaml:
+        layers.append((f"yaml {yaml_path}", from_yaml))
+    if cli:
+        layers.append(("cli", cli))
+    return build_config(layers)
+
+
+def dump_resolved(cfg: RunConfig, provenance: dict[str, str], versions: dict[str, str]) -> dict[str, Any]:
+    """The document saved with every run: enough to repeat it."""
+    return {"config": cfg.model_dump(mode="json"), "provenance": provenance, "plugins": versions}

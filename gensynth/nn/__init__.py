@@ -1,0 +1,1 @@
+"""Building blocks shared by model plugins (SPADE normalisation, spectral norm, VGG features)."""

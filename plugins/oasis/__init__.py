@@ -1,0 +1,1 @@
+"""gensynth_oasis: built-in gensynth plugin."""

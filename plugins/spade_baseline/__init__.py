@@ -1,0 +1,1 @@
+"""gensynth_spade: built-in gensynth plugin."""
