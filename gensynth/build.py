@@ -4,7 +4,7 @@ Everything is looked up by name in the registries; the core never imports a plug
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -30,14 +30,25 @@ class Parts:
     objective_options: dict[str, Any]
     losses: dict[str, float]
     loss_options: dict[str, dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
-        """Number of one-hot channels the networks see."""
-        n = self.dataset.num_classes
-        if self.preset.dontcare == "extra-last" and self.dataset.dontcare is None:
-            return n + 1
-        return n
+        """Number of one-hot label channels the networks see (the dataset's model classes)."""
+        return self.dataset.num_classes
+
+    @property
+    def dontcare_last(self) -> bool:
+        """True when the model wants the don't-care class as the last channel (SPADE) instead of
+        the dataset's own index (OASIS: class 0). The loader rolls label ids accordingly."""
+        return self.preset.dontcare == "extra-last" and self.dataset.dontcare is not None
+
+    @property
+    def dontcare_index(self) -> int | None:
+        """Index of the don't-care channel in what the networks see, or None."""
+        if self.dataset.dontcare is None:
+            return None
+        return self.num_classes - 1 if self.dontcare_last else self.dataset.dontcare
 
 
 def _validate_options(entry, options: dict[str, Any], where: str) -> dict[str, Any]:
@@ -57,30 +68,61 @@ def _validate_options(entry, options: dict[str, Any], where: str) -> dict[str, A
 
 
 def resolve_parts(cfg: RunConfig, host: PluginHost | None = None) -> Parts:
+    """Names and validated options of every part, with the swapping rules applied:
+
+    * the objective follows a swapped discriminator: when the user names a discriminator but no
+      objective and the preset's objective cannot score it, the discriminator's
+      ``default_objective`` is used (noted in ``Parts.notes``);
+    * the preset's own loss terms that a swapped discriminator cannot serve (LabelMix needs
+      per-pixel outputs) are dropped with a note; terms the user asked for are never dropped:
+      an incompatible one is an error saying why and what would work.
+    """
     host = host or get_host()
     preset: ModelPreset = host.registry("models").get(cfg.model.preset)
     dataset: DatasetSpec = host.registry("datasets").get(cfg.data.name)
     m = cfg.model
+    notes: list[str] = []
     g_name = m.generator or preset.generator.name
     d_name = m.discriminator or preset.discriminator.name
+    d_entry = host.registry("discriminators").entry(d_name)
+    g_entry = host.registry("generators").entry(g_name)
+    d_cls = _discriminator_class(d_entry)
     o_name = m.objective or preset.objective.name
+    if m.objective is None and d_cls is not None and d_name != preset.discriminator.name:
+        o_cls = host.registry("objectives").get(o_name)
+        if d_cls.output_kind not in o_cls.accepts and d_entry.extra.get("default_objective"):
+            o_name = d_entry.extra["default_objective"]
+            notes.append(f"objective {o_name!r} follows discriminator {d_name!r} "
+                         f"(the preset's {preset.objective.name!r} cannot score its {d_cls.output_kind.value!r} output)")
     # options from the preset apply only when the part is the preset's own
     g_opts = {**(preset.generator.options if g_name == preset.generator.name else {}), **m.generator_options}
     d_opts = {**(preset.discriminator.options if d_name == preset.discriminator.name else {}), **m.discriminator_options}
     o_opts = {**(preset.objective.options if o_name == preset.objective.name else {}), **m.objective_options}
-    losses = {**preset.losses, **m.losses}
-    losses = {k: float(v) for k, v in losses.items() if v}
-    g_entry = host.registry("generators").entry(g_name)
-    d_entry = host.registry("discriminators").entry(d_name)
     o_entry = host.registry("objectives").entry(o_name)
     loss_reg = host.registry("losses")
-    for name in losses:
-        loss_reg.entry(name)
+    losses: dict[str, float] = {}
+    for name, weight in {**preset.losses, **m.losses}.items():
+        if not weight:
+            continue
+        term_cls = loss_reg.get(name)
+        user_set = name in m.losses
+        if not user_set and d_cls is not None and d_name != preset.discriminator.name:
+            if _missing_capabilities(term_cls, d_cls):
+                notes.append(f"preset loss {name!r} dropped: discriminator {d_name!r} does not provide "
+                             f"{', '.join(c.value for c in _missing_capabilities(term_cls, d_cls))}")
+                continue
+        losses[name] = float(weight)
     parts = Parts(preset, dataset, g_name, _validate_options(g_entry, g_opts, "model.generator_options"),
                   d_name, _validate_options(d_entry, d_opts, "model.discriminator_options"),
-                  o_name, _validate_options(o_entry, o_opts, "model.objective_options"), losses, dict(m.loss_options))
+                  o_name, _validate_options(o_entry, o_opts, "model.objective_options"), losses, dict(m.loss_options),
+                  notes)
     check_compatibility(parts, host)
     return parts
+
+
+def _missing_capabilities(term_cls, d_cls) -> list[Capability]:
+    caps = discriminator_capabilities(d_cls)
+    return [c for c in term_cls.requires if c in (Capability.PIXEL_OUTPUT, Capability.FEATURES) and c not in caps]
 
 
 def _discriminator_class(entry) -> type[Discriminator] | None:
@@ -106,7 +148,7 @@ def check_compatibility(parts: Parts, host: PluginHost | None = None) -> None:
     caps = discriminator_capabilities(d_cls)
     for name in parts.losses:
         term_cls = l_reg.get(name)
-        missing = [c for c in term_cls.requires if c in (Capability.PIXEL_OUTPUT, Capability.FEATURES) and c not in caps]
+        missing = _missing_capabilities(term_cls, d_cls)
         if missing:
             fitting = [n for n in d_reg.names()
                        if (c := _discriminator_class(d_reg.entry(n))) and set(missing) <= discriminator_capabilities(c)]
@@ -141,7 +183,7 @@ def build_discriminator(parts: Parts, host: PluginHost | None = None, **override
 def build_objective(parts: Parts, host: PluginHost | None = None) -> Objective:
     host = host or get_host()
     cls = host.registry("objectives").get(parts.objective)
-    return cls(dontcare=parts.dataset.dontcare, **parts.objective_options)
+    return cls(dontcare=parts.dontcare_index, **parts.objective_options)
 
 
 def build_terms(parts: Parts, host: PluginHost | None = None) -> list[LossTerm]:

@@ -1,0 +1,1 @@
+"""gensynth_timm: built-in gensynth plugin (timm-backbone U-Net discriminator, DP-SIMS style)."""
