@@ -80,6 +80,10 @@ def resolve_parts(cfg: RunConfig, host: PluginHost | None = None) -> Parts:
     host = host or get_host()
     preset: ModelPreset = host.registry("models").get(cfg.model.preset)
     dataset: DatasetSpec = host.registry("datasets").get(cfg.data.name)
+    if hasattr(dataset, "for_root"):  # datasets whose classes come from data.root (folder)
+        from gensynth.data.loader import configure_spec
+
+        dataset = configure_spec(dataset, cfg.data)
     m = cfg.model
     notes: list[str] = []
     g_name = m.generator or preset.generator.name

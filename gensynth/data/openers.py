@@ -1,0 +1,166 @@
+"""Open shard and card URLs as binary streams: local paths, file:, http(s) (urllib, no curl),
+s3:// and gs:// (fsspec: s3fs / gcsfs) and pipe:COMMAND.
+
+Credentials are never read from gensynth's own files: s3fs and gcsfs find them in the usual
+environment variables and config files. The S3 endpoint of an S3-compatible store comes from
+``FSSPEC_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+from gensynth.errors import DataError
+
+REMOTE_SCHEMES = ("http://", "https://", "s3://", "gs://", "gcs://")
+
+
+def is_remote(url: str) -> bool:
+    return url.startswith(REMOTE_SCHEMES)
+
+
+def is_pipe(url: str) -> bool:
+    return url.startswith("pipe:")
+
+
+def local_path(url: str) -> Path | None:
+    """The filesystem path of a local URL (plain path or file:), else None."""
+    if url.startswith("file://"):
+        return Path(urllib.parse.urlparse(url).path)
+    if url.startswith("file:"):
+        return Path(url[5:])
+    if is_remote(url) or is_pipe(url):
+        return None
+    return Path(url).expanduser()
+
+
+def s3_storage_options() -> dict:
+    """s3fs options from the environment (endpoint only; credentials are found by botocore)."""
+    endpoint = (os.environ.get("FSSPEC_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+                or os.environ.get("AWS_ENDPOINT_URL"))
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+def _fsspec_fs(url: str):
+    import fsspec
+
+    scheme = url.split("://", 1)[0]
+    try:
+        if scheme == "s3":
+            return fsspec.filesystem("s3", **s3_storage_options())
+        return fsspec.filesystem("gcs" if scheme in ("gs", "gcs") else scheme)
+    except ImportError as exc:
+        extra = "s3" if scheme == "s3" else "gcs"
+        raise DataError(f"reading {url} needs the {'s3fs' if scheme == 's3' else 'gcsfs'} package: "
+                        f"pip install 'gensynth[{extra}]' ({exc})") from None
+
+
+class _PipeStream:
+    """stdout of a shell command as a readable binary stream; checks the exit status on close."""
+
+    def __init__(self, url: str):
+        self.cmd = url[5:]
+        self.proc = subprocess.Popen(self.cmd, shell=True, stdout=subprocess.PIPE)  # noqa: S602 (user's own URL)
+        self.raw = self.proc.stdout
+
+    def read(self, n: int = -1) -> bytes:
+        return self.raw.read(n)
+
+    def close(self) -> None:
+        self.raw.close()
+        status = self.proc.wait()
+        if status not in (0, -13, 141):  # 141/-13: SIGPIPE after an early stop
+            raise DataError(f"pipe: command {self.cmd!r} exited with status {status}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_url(url: str) -> IO[bytes]:
+    """Open ``url`` for binary reading; DataError naming the URL when it does not exist or fails."""
+    path = local_path(url)
+    if path is not None:
+        try:
+            return open(path, "rb")
+        except OSError as exc:
+            raise DataError(f"cannot open {path}: {exc.strerror or exc}") from None
+    if is_pipe(url):
+        return _PipeStream(url)  # type: ignore[return-value]
+    if url.startswith(("http://", "https://")):
+        try:
+            return urllib.request.urlopen(url, timeout=60)  # noqa: S310 (http(s) only)
+        except urllib.error.HTTPError as exc:
+            raise DataError(f"cannot read {url}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise DataError(f"cannot read {url}: {getattr(exc, 'reason', exc)}") from None
+    fs = _fsspec_fs(url)
+    try:
+        return fs.open(url, "rb")
+    except FileNotFoundError:
+        raise DataError(f"cannot read {url}: no such object") from None
+    except Exception as exc:  # botocore / gcsfs errors
+        raise DataError(f"cannot read {url}: {exc}") from None
+
+
+def read_bytes(url: str) -> bytes:
+    with open_url(url) as f:
+        return f.read()
+
+
+def exists(url: str) -> bool:
+    path = local_path(url)
+    if path is not None:
+        return path.exists()
+    if is_pipe(url):
+        return False
+    if url.startswith(("http://", "https://")):
+        req = urllib.request.Request(url, method="HEAD")
+        try:
+            with urllib.request.urlopen(req, timeout=30):  # noqa: S310
+                return True
+        except (urllib.error.URLError, OSError):
+            return False
+    try:
+        return _fsspec_fs(url).exists(url)
+    except DataError:
+        raise
+    except Exception:
+        return False
+
+
+def join(base: str, name: str) -> str:
+    """``base`` (a directory-like URL or path) joined with a file name."""
+    if local_path(base) is not None and not base.startswith("file:"):
+        return str(Path(base).expanduser() / name)
+    return base.rstrip("/") + "/" + name
+
+
+def dirname(url: str) -> str:
+    if local_path(url) is not None and not url.startswith("file:"):
+        return str(Path(url).expanduser().parent)
+    return posixpath.dirname(url)
+
+
+def list_dir(url: str, pattern: str) -> list[str]:
+    """Files matching a glob ``pattern`` in a local directory or an s3/gs prefix (sorted); [] for http."""
+    path = local_path(url)
+    if path is not None:
+        return sorted(str(p) for p in path.glob(pattern))
+    if url.startswith(("s3://", "gs://", "gcs://")):
+        fs = _fsspec_fs(url)
+        scheme = url.split("://", 1)[0]
+        try:
+            found = fs.glob(url.rstrip("/") + "/" + pattern)
+        except Exception as exc:
+            raise DataError(f"cannot list {url}: {exc}") from None
+        return sorted(f"{scheme}://{p}" if "://" not in p else p for p in found)
+    return []
