@@ -1,1 +1,1 @@
-"""gensynth_spade: built-in gensynth plugin."""
+"""gensynth_spade: the SPADE baseline plugin (generator, multi-scale PatchGAN, SPADE losses, presets)."""

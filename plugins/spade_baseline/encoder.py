@@ -1,0 +1,72 @@
+"""SPADE's VAE image encoder (``ConvEncoder`` of NVlabs/SPADE, re-implemented from its description).
+
+The style image is resized (bilinear) to ``image_size`` x ``image_size`` (256 in SPADE), then passes through
+log2(image_size / 4) stride-2 3x3 convolutions of widths ngf, 2ngf, 4ngf, 8ngf, 8ngf, 8ngf (capped at 8ngf),
+each spectral-normed, instance-normed (no affine, no conv bias) and followed by LeakyReLU(0.2). The final
+(8ngf, 4, 4) map is flattened into two linear heads giving ``mu`` and ``logvar`` of size ``z_dim``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gensynth.nn.spade import maybe_sn
+
+
+def norm_conv(fin: int, fout: int, kernel: int, stride: int, padding: int, spectral: bool, norm: str) -> nn.Sequential:
+    """conv (spectral-normed when ``spectral``) followed by a parameter-free norm.
+
+    With a norm the conv has no bias (a bias before a normalisation has no effect), as SPADE's
+    ``spectralinstance`` layers. ``norm``: 'instance' or 'none'.
+    """
+    if norm not in ("instance", "none"):
+        raise ValueError(f"norm must be 'instance' or 'none', got {norm!r}")
+    conv = maybe_sn(nn.Conv2d(fin, fout, kernel, stride=stride, padding=padding, bias=norm == "none"), spectral)
+    layers: list[nn.Module] = [conv]
+    if norm == "instance":
+        layers.append(nn.InstanceNorm2d(fout, affine=False))
+    return nn.Sequential(*layers)
+
+
+class ConvEncoder(nn.Module):
+    """Style image (B, 3, H, W) in [-1, 1] -> (mu, logvar), each (B, z_dim).
+
+    ngf: base width (SPADE uses the generator's ngf); image_size: resolution the image is resized to
+    (a power of two >= 8; 256 as SPADE); z_dim: latent size (256 as SPADE).
+    """
+
+    def __init__(self, ngf: int = 64, z_dim: int = 256, image_size: int = 256, spectral: bool = True,
+                 norm: str = "instance"):
+        super().__init__()
+        n_layers = int(round(math.log2(image_size / 4)))
+        if image_size < 8 or 4 * 2 ** n_layers != image_size:
+            raise ValueError(f"encoder image_size must be a power of two >= 8, got {image_size}")
+        self.image_size = image_size
+        widths = [ngf * min(2 ** i, 8) for i in range(n_layers)]
+        fin = 3
+        self.layers = nn.ModuleList()
+        for w in widths:
+            self.layers.append(norm_conv(fin, w, 3, 2, 1, spectral, norm))
+            fin = w
+        self.fc_mu = nn.Linear(fin * 4 * 4, z_dim)
+        self.fc_var = nn.Linear(fin * 4 * 4, z_dim)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """image: (B, 3, H, W) -> mu (B, z_dim), logvar (B, z_dim)."""
+        if image.shape[-2:] != (self.image_size, self.image_size):
+            image = F.interpolate(image, size=(self.image_size, self.image_size), mode="bilinear",
+                                  align_corners=False)
+        x = image
+        for layer in self.layers:
+            x = F.leaky_relu(layer(x), 0.2)
+        x = x.flatten(1)
+        return self.fc_mu(x), self.fc_var(x)
+
+
+def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """z = mu + eps * exp(0.5 * logvar), eps ~ N(0, I); all (B, z_dim)."""
+    eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+    return mu + eps * torch.exp(0.5 * logvar)
