@@ -56,3 +56,64 @@ class BCEObjective(Objective):
 def register_objectives(register):
     register("hinge", HingeObjective, description="hinge loss on real/fake logits (SPADE)")
     register("bce", BCEObjective, description="binary cross-entropy on real/fake logits")
+
+
+# --------------------------------------------------------------------------------------------
+# VGG19 perceptual loss (generic: any generator may use it; SPADE and SPADE+ do)
+# --------------------------------------------------------------------------------------------
+from pydantic import BaseModel as _BaseModel, ConfigDict as _ConfigDict, Field as _Field  # noqa: E402
+
+from gensynth.interfaces import LossTerm, StepContext  # noqa: E402
+
+
+class VGGLossOptions(_BaseModel):
+    """Options of the ``vgg`` loss term (model.loss_options.vgg)."""
+
+    model_config = _ConfigDict(extra="forbid")
+
+    weights_path: str | None = _Field(None, description="torchvision vgg19 state dict (vgg19-dcbb9e9d.pth); "
+                                                       "default: the torch hub cache")
+    normalize_input: bool = _Field(False, description="map [-1, 1] images to ImageNet statistics (SPADE: no)")
+    random_init: bool = _Field(False, description="random VGG weights, no file (tests only)")
+
+
+class VGGLossTerm(LossTerm):
+    """VGG19 perceptual loss between fake and real (relu1_1..relu5_1, weights 1/32..1; weight 10 as SPADE).
+
+    The network is built (and its weights file read) when the term is constructed, so a missing file
+    fails before training starts with MissingWeightsError."""
+
+    side = "G"
+    default_weight = 10.0
+
+    def __init__(self, weight: float | None = None, **options):
+        super().__init__(weight, **options)
+        from gensynth.nn.vgg import VGGLoss
+
+        opts = VGGLossOptions.model_validate(options)
+        self.loss = VGGLoss(opts.weights_path, random_init=opts.random_init, normalize_input=opts.normalize_input)
+
+    def to(self, device) -> "VGGLossTerm":
+        self.loss.to(device)
+        return self
+
+    def __call__(self, ctx: StepContext) -> Tensor:
+        if next(self.loss.parameters()).device != ctx.fake.device:
+            self.loss.to(ctx.fake.device)
+        return self.loss(ctx.fake, ctx.real)
+
+
+@hookimpl
+def register_losses(register):
+    register("vgg", VGGLossTerm, options=VGGLossOptions,
+             description="VGG19 perceptual loss (weights from a local torchvision vgg19 file)")
+
+
+# --------------------------------------------------------------------------------------------
+# Segmenters for mIoU evaluation (gensynth.eval.segmenters)
+# --------------------------------------------------------------------------------------------
+@hookimpl
+def register_segmenters(register):
+    from gensynth.eval.segmenters import register_core_segmenters
+
+    register_core_segmenters(register)

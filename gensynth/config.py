@@ -96,6 +96,10 @@ class EvalConfig(Section):
     track_mode: Literal["min", "max"] = "min"
     segmenter: Optional[str] = None
     segmenter_options: dict[str, Any] = Field(default_factory=dict)
+    diversity_samples: int = Field(20, ge=2, description="samples per label map for MS-SSIM/LPIPS diversity (paper: 20)")
+    lpips_net: Literal["alex", "vgg"] = Field("alex", description="LPIPS backbone")
+    lpips_weights: Optional[str] = Field(None, description="directory with the LPIPS backbone and linear weights files")
+    stats_dir: Optional[str] = Field(None, description="cache of real-image FID statistics (default ~/.cache/gensynth)")
 
 
 class RunConfig(Section):
@@ -251,11 +255,27 @@ def resolve(cli: dict[str, Any] | None = None, yaml_path: str | None = None,
         layers.append((f"preset {preset_name} for {data_name} (official scripts)", dict(preset.dataset_defaults[data_name])))
     if values == "paper" and data_name in preset.paper_defaults:
         layers.append((f"preset {preset_name} for {data_name} (paper)", dict(preset.paper_defaults[data_name])))
+    layers = _drop_swapped_part_options(layers, preset, user)
     if from_yaml:
         layers.append((f"yaml {yaml_path}", from_yaml))
     if cli:
         layers.append(("cli", cli))
     return build_config(layers)
+
+
+def _drop_swapped_part_options(layers: list[tuple[str, dict[str, Any]]], preset,
+                               user: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Preset and dataset layers tune the preset's own parts; when the user swaps a part (``--discriminator
+    NAME``), their ``model.<part>_options.*`` values would not fit the new part, so they are left out."""
+    swapped = [part for part in ("generator", "discriminator", "objective")
+               if user.get(f"model.{part}") not in (None, getattr(preset, part).name)]
+    if not swapped:
+        return layers
+    prefixes = tuple(f"model.{part}_options" for part in swapped)
+    def keep(key: str) -> bool:
+        return not any(key == p or key.startswith(p + ".") for p in prefixes)
+
+    return [(source, {k: v for k, v in flat.items() if keep(k)}) for source, flat in layers]
 
 
 def dump_resolved(cfg: RunConfig, provenance: dict[str, str], versions: dict[str, str]) -> dict[str, Any]:
