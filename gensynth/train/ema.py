@@ -1,0 +1,84 @@
+"""Exponential moving average of the generator, and the EMA's batch-norm statistics refresh.
+
+As the official OASIS code: after every step, for every state-dict entry (parameters AND buffers,
+e.g. spectral-norm u/v and BN running stats) ema <- d * ema + (1 - d) * G. Integer buffers
+(``num_batches_tracked``) are copied. With warm-up the decay is min(decay, (1 + t) / (10 + t)).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from gensynth.train.distributed import DistInfo, all_reduce_sum
+
+
+class EMA:
+    """Holds the EMA copy of a generator. ``module``: the copy (no gradients)."""
+
+    def __init__(self, generator: nn.Module, decay: float, warmup: bool = True):
+        self.module = copy.deepcopy(generator)
+        self.module.requires_grad_(False)
+        self.decay = float(decay)
+        self.warmup = warmup
+        self.updates = 0
+
+    def current_decay(self) -> float:
+        t = self.updates
+        return min(self.decay, (1.0 + t) / (10.0 + t)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, generator: nn.Module) -> None:
+        """Blend the bare (unwrapped) generator's state into the EMA copy."""
+        d = self.current_decay()
+        src = generator.state_dict()
+        for key, ema_t in self.module.state_dict().items():
+            g_t = src[key]
+            if ema_t.dtype.is_floating_point or ema_t.dtype.is_complex:
+                ema_t.mul_(d).add_(g_t.detach().to(ema_t.dtype), alpha=1.0 - d)
+            else:
+                ema_t.copy_(g_t)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state.get("updates", 0))
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+@torch.no_grad()
+def refresh_bn_stats(module: nn.Module, conditions: Iterable, info: DistInfo) -> int:
+    """Re-estimate BN running statistics of ``module`` in train mode on ``conditions`` (Condition objects).
+
+    Under DDP each rank runs on its own data, then running means/variances are averaged over ranks so
+    every rank holds the same EMA. Returns the number of batches used. Leaves the module in eval mode.
+    """
+    n = 0
+    was_training = module.training
+    module.train()
+    for cond in conditions:
+        module(cond)
+        n += 1
+    if info.enabled:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                for buf in (m.running_mean, m.running_var):
+                    all_reduce_sum(buf, info).div_(info.world_size)
+    module.train(was_training)
+    module.eval()
+    return n
+
+
+def state_is_finite(module: nn.Module) -> bool:
+    """True when every floating-point parameter and buffer is finite (one host sync)."""
+    flags = [torch.isfinite(t).all() for t in module.state_dict().values() if t.dtype.is_floating_point]
+    return bool(torch.stack(flags).all()) if flags else True
+
+

@@ -1,0 +1,53 @@
+"""Shared fixtures. ``tiny_run``: one tiny OASIS training run on demo data, trained once per session.
+
+Other tests (generate, evaluate, segment) load it with ``gensynth.api.load_model(tiny_run.run_dir)``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# child processes (torchrun, subprocess) must not oversubscribe the 2 cores; the main process keeps 2 threads
+CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def tiny_overrides(run_dir: str | Path, cache_dir: str | Path, **extra) -> dict:
+    """Dotted config keys for a tiny, fast OASIS on 32x32 demo data (seconds per run on CPU)."""
+    cli = {
+        "model.preset": "oasis", "data.name": "demo", "data.size": [32, 32], "data.demo_samples": 16,
+        "data.num_workers": 0, "data.cache_dir": str(cache_dir),
+        "model.generator_options.channels": 4, "model.generator_options.num_res_blocks": 2,
+        "model.generator_options.spade_hidden": 8, "model.generator_options.z_dim": 4,
+        "model.discriminator_options.num_res_blocks": 2, "model.discriminator_options.width": 0.0625,
+        "trainer.steps": 6, "trainer.batch_size": 4, "trainer.log_every": 2, "trainer.sample_every": 3,
+        "trainer.checkpoint_every": 3, "trainer.bn_refresh_batches": 2, "trainer.deterministic": True,
+        "trainer.run_dir": str(run_dir),
+    }
+    cli.update(extra)
+    return cli
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """A session-wide data cache directory (demo shards are converted once)."""
+    return tmp_path_factory.mktemp("gensynth-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_cache):
+    """TrainResult of a tiny OASIS trained 6 steps on 32x32 demo data (checkpoints at steps 3 and 6).
+
+    The run directory holds config.json, metrics.jsonl, tb/, samples/ and checkpoints/ (LATEST -> step 6).
+    Do not modify it: copy it (shutil.copytree) when a test needs to change files.
+    """
+    from rich.console import Console
+
+    from gensynth.config import resolve
+    from gensynth.train.trainer import run_training
+
+    run_dir = tmp_path_factory.mktemp("tiny-run") / "run"
+    cfg, provenance = resolve(tiny_overrides(run_dir, tiny_cache))
+    with open(os.devnull, "w") as devnull:
+        return run_training(cfg, provenance, console=Console(file=devnull))
