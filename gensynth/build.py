@@ -109,7 +109,7 @@ def resolve_parts(cfg: RunConfig, host: PluginHost | None = None) -> Parts:
         if not weight:
             continue
         term_cls = loss_reg.get(name)
-        user_set = name in m.losses
+        user_set = name in m.requested_losses
         if not user_set and d_cls is not None and d_name != preset.discriminator.name:
             if _missing_capabilities(term_cls, d_cls):
                 notes.append(f"preset loss {name!r} dropped: discriminator {d_name!r} does not provide "

@@ -31,6 +31,9 @@ class ModelConfig(Section):
     objective: Optional[str] = Field(None, description="override the preset's adversarial objective")
     objective_options: dict[str, Any] = Field(default_factory=dict)
     losses: dict[str, float] = Field(default_factory=dict, description="loss term -> weight (0 disables)")
+    requested_losses: list[str] = Field(
+        default_factory=list, description="loss terms set in YAML or on the CLI (filled by resolve): these are never "
+                                          "dropped when a swapped discriminator cannot serve them; it is an error")
     loss_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
@@ -260,6 +263,10 @@ def resolve(cli: dict[str, Any] | None = None, yaml_path: str | None = None,
         layers.append((f"yaml {yaml_path}", from_yaml))
     if cli:
         layers.append(("cli", cli))
+    requested = sorted({k.split(".", 2)[2] for k in user if k.startswith("model.losses.")}
+                       | set((user.get("model.losses") or {}).keys()) | set(user.get("model.requested_losses") or []))
+    if requested:
+        layers.append(("user-set loss terms", {"model.requested_losses": requested}))
     return build_config(layers)
 
 

@@ -160,6 +160,9 @@ def test_labelmix_is_rejected_for_patch_discriminators():
     assert "labelmix" not in parts.losses and parts.objective == "hinge"
 
 
+STEPS = 200
+
+
 def test_n_plus_1_training_teaches_the_unet_to_segment_and_spot_fakes():
     """A few optimiser steps of the real objective on the real U-Net: D segments real images and flags fakes."""
     from gensynth_oasis.discriminator import build_oasis_discriminator
@@ -177,7 +180,7 @@ def test_n_plus_1_training_teaches_the_unet_to_segment_and_spot_fakes():
     obj = NPlusOneObjective(dontcare=0)
     opt = torch.optim.Adam(d.parameters(), lr=2e-3, betas=(0.0, 0.999))
     first = None
-    for _ in range(100):
+    for _ in range(STEPS):
         opt.zero_grad()
         loss = obj.d_loss(d(real), cond, "real") + obj.d_loss(d(fake), cond, "fake")
         first = first if first is not None else loss.item()

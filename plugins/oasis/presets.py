@@ -29,8 +29,7 @@ OFFICIAL_DATASET_DEFAULTS = {
         "trainer.ema_decay": 0.999,
         "trainer.batch_size": 20,
     },
-    # ade20k / coco use the preset's labelmix 10 (not repeated here: a dataset-level model.losses value counts as
-    # user-set and would block swapping in a discriminator without per-pixel output)
+    # ade20k / coco use the preset's labelmix 10
     "ade20k": {"trainer.ema_decay": 0.9999, "trainer.batch_size": 32},
     "ade20k-outdoors": {"trainer.ema_decay": 0.9999, "trainer.batch_size": 32},
     "coco-stuff": {"trainer.ema_decay": 0.9999, "trainer.batch_size": 32, "trainer.epochs": 100},
