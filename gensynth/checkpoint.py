@@ -16,7 +16,6 @@ are replaced atomically. Weights are read with safetensors and the training stat
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gensynth.fileio import sha256_file
 from gensynth.errors import CheckpointError
 
 FORMAT = "gensynth-checkpoint/1"
@@ -66,14 +66,6 @@ def strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
                     key, changed = key[len(p):], True
         out[key] = value
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_file(path: Path) -> None:
@@ -154,11 +146,11 @@ def save_checkpoint(directory: str | Path, *, models: dict[str, dict[str, Tensor
             fname = f"{name}.safetensors"
             save_file(_plain_state(state), str(tmp / fname), metadata={"format": FORMAT, "model": name})
             _fsync_file(tmp / fname)
-            files[fname] = _sha256(tmp / fname)
+            files[fname] = sha256_file(tmp / fname)
         if training_state is not None:
             torch.save(training_state, tmp / TRAINING_STATE)
             _fsync_file(tmp / TRAINING_STATE)
-            files[TRAINING_STATE] = _sha256(tmp / TRAINING_STATE)
+            files[TRAINING_STATE] = sha256_file(tmp / TRAINING_STATE)
         full_meta = {**meta, "step": int(meta["step"]), "format": FORMAT, "gensynth_version": __version__,
                      "files": files}
         with open(tmp / META, "w") as f:
@@ -258,7 +250,7 @@ def _read_checkpoint_dir(path: Path, verify: bool) -> Checkpoint:
         fpath = path / fname
         if not fpath.is_file():
             raise CheckpointError(f"checkpoint file {fpath} is missing")
-        if verify and _sha256(fpath) != digest:
+        if verify and sha256_file(fpath) != digest:
             raise CheckpointError(f"checkpoint file {fpath} is damaged: its sha256 does not match {META} "
                                   f"(truncated or modified)")
     return Checkpoint(path=path, meta=meta)

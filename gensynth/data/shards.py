@@ -7,7 +7,6 @@ ids (8-bit, or 16-bit when an id exceeds 255), ``<key>.inst.png`` a 16-bit insta
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from gensynth import __version__
+from gensynth.fileio import sha256_file
 from gensynth.errors import DataError
 from gensynth.interfaces import DatasetSpec, RawSample
 
@@ -153,14 +153,6 @@ def encode_sample(spec: DatasetSpec, raw: RawSample, resize: tuple[int, int] | N
 # ---------------------------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class ShardWriter:
     """Writes samples into ``NAME-SPLIT-%06d.tar`` files of at most ``shard_size`` samples.
 
@@ -193,7 +185,7 @@ class ShardWriter:
         final = self.out_dir / shard_filename(self.name, self.split, len(self.shards))
         os.replace(self._tmp, final)
         self.shards.append({"name": final.name, "count": self._count, "bytes": final.stat().st_size,
-                            "sha256": _sha256(final)})
+                            "sha256": sha256_file(final)})
         self._tar, self._tmp = None, None
 
     def write(self, key: str, files: dict[str, bytes]) -> None:
