@@ -321,3 +321,31 @@ def test_cli_import_official(release, tmp_path):
     res = runner.invoke(cli, ["models", "import-official", "spade", str(root), "--data", DATA,
                               "--out", str(tmp_path / "ck2")])
     assert res.exit_code == 2 and "unknown model 'spade'; known: oasis" in res.output
+
+
+def test_fine_tuning_an_imported_checkpoint_on_another_class_count(release, tmp_path):
+    """--init-from with an imported official checkpoint and 5 instead of 11 classes: only the class-dependent
+    layers (G's fc and SPADE mlp_shared input convs, D's last layer) keep their fresh init."""
+    from gensynth.checkpoint import load_checkpoint
+    from gensynth.train.init_from import InitReport, load_matching
+    from gensynth_oasis.discriminator import build_oasis_discriminator
+    from gensynth_oasis.generator import build_oasis_generator
+
+    root, _ = release
+    ck = load_checkpoint(import_official(root, DATA, tmp_path / "ckpt"))
+    g_opts = ck.config().model.generator_options
+    g = build_oasis_generator(5, **g_opts)
+    d = build_oasis_discriminator(5, **ck.config().model.discriminator_options)
+    report = InitReport()
+    load_matching(g, ck.state("generator_ema"), "generator", report)
+    load_matching(d, ck.state("discriminator"), "discriminator", report)
+    fresh_g = {k.split(" ")[0] for k in report.reinitialised["generator"]}
+    expected = {"fc.weight"} | {k for k in g.state_dict() if k.endswith("mlp_shared.0.weight")}
+    assert fresh_g == expected
+    assert {k.split(" ")[0] for k in report.reinitialised["discriminator"]} == {"layer_up_last.weight",
+                                                                                  "layer_up_last.bias"}
+    src = ck.state("generator_ema")
+    for k, v in g.state_dict().items():
+        if k not in expected:
+            assert torch.equal(v, src[k]), k
+    assert "kept their fresh init" in report.summary()
