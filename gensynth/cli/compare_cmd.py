@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+
+from gensynth.cli.console import table_console
 from rich.table import Table
 
 
@@ -61,7 +63,7 @@ def command(model, discriminators, data, data_root, steps, metrics, out, sets):
     """Train the same model against each discriminator (same seed and data), evaluate, tabulate."""
     from gensynth.config import parse_set
 
-    console = Console()
+    console = table_console()
     overrides = parse_set(sets)
     if data_root:
         overrides["data.root"] = data_root

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import click
+
+from gensynth.cli.console import table_console
 from rich.console import Console
 from rich.table import Table
 
@@ -52,7 +54,7 @@ def list_cmd():
             n = "from data"
         h, w = e.obj.default_size
         table.add_row(e.name, n, f"{h}x{w}", "yes" if e.obj.has_instances else "no", e.plugin, e.description)
-    Console().print(table)
+    table_console().print(table)
 
 
 @command.command()

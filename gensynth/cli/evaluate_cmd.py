@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from gensynth.cli.console import table_console
+
 
 def print_report(report, console) -> None:
     from rich.table import Table
@@ -77,7 +79,7 @@ def command(checkpoint, data, data_root, split, metrics, out, no_ema, num_sample
                       batch_size=batch_size)
     report.protocol["checkpoint"] = str(m.checkpoint.path) if m.checkpoint else str(checkpoint)
     report.protocol["ema"] = not no_ema
-    print_report(report, Console())
+    print_report(report, table_console())
     if out:
         p = Path(out)
         p.parent.mkdir(parents=True, exist_ok=True)

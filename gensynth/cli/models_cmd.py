@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 
 import click
-from rich.console import Console
+
+from gensynth.cli.console import table_console
 from rich.table import Table
 
 
@@ -35,7 +36,7 @@ def list_models(as_json: bool):
     for r in rows:
         table.add_row(r["name"], r["plugin"], r["generator"], r["discriminator"], r["objective"],
                       ", ".join(f"{k}={v:g}" for k, v in r["losses"].items()) or "-", r["description"])
-    Console(width=160).print(table)
+    table_console().print(table)
 
 
 def describe_preset(name: str, data: str, overrides: dict | None = None) -> dict:
@@ -81,4 +82,4 @@ def describe(name: str, data: str, sets: tuple[str, ...], as_json: bool):
         if k.endswith("_parameters"):
             v = f"{v:,}"
         table.add_row(k, str(v))
-    Console(width=160).print(table)
+    table_console().print(table)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 
 import click
-from rich.console import Console
+
+from gensynth.cli.console import table_console
 from rich.table import Table
 
 
@@ -31,4 +32,4 @@ def list_plugins(as_json: bool):
     for i in infos:
         reg = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in i.registered.items())
         table.add_row(i.name, f"{i.distribution or '-'} {i.version or ''}".strip(), "\n".join(i.hooks), reg or "-")
-    Console(width=160).print(table)
+    table_console().print(table)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from gensynth.cli.console import table_console
+
 
 @click.group()
 def command():
@@ -22,7 +24,7 @@ def list_segmenters():
         t.add_column(col)
     for e in get_host().registry("segmenters").entries():
         t.add_row(e.name, e.plugin, e.description)
-    Console().print(t)
+    table_console().print(t)
 
 
 @command.command("train")
