@@ -29,8 +29,18 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 def load_classes_file(path: Path) -> tuple[list[tuple[int, str, tuple[int, int, int] | None]], int | None]:
     """[(raw id, name, colour or None)] and the raw don't-care id from a JSON/YAML classes file."""
     try:
-        doc = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError) as exc:
+        text = path.read_text()
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable classes file ({exc})") from None
+    return parse_classes(text, str(path), json_format=path.suffix == ".json")
+
+
+def parse_classes(text: str, where: str, json_format: bool = True):
+    """The classes document (JSON or YAML text) -> ([(raw id, name, colour or None)], raw don't-care id)."""
+    path = where
+    try:
+        doc = json.loads(text) if json_format else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
         raise DataError(f"{path}: unreadable classes file ({exc})") from None
     entries = doc.get("classes") if isinstance(doc, dict) else doc
     if not isinstance(entries, list) or not entries:
@@ -75,6 +85,19 @@ class FolderSpec(PairedSpec):
     def for_root(cls, root: str | Path) -> "FolderSpec":
         """The spec configured from ROOT's classes file (the registered instance has no classes yet)."""
         return cls(root)
+
+    @classmethod
+    def from_classes_text(cls, text: str, where: str) -> "FolderSpec":
+        """The spec configured from a classes document (e.g. the ``classes.json`` written beside the shards)."""
+        spec = cls()
+        spec._entries, spec._dontcare_raw = parse_classes(text, where)
+        return spec
+
+    def classes_text(self) -> str:
+        """This spec's classes document as JSON: written beside converted shards so they carry their classes."""
+        return json.dumps({"dontcare": self._dontcare_raw,
+                           "classes": [{"id": r, "name": n, "color": list(c) if c else None}
+                                       for r, n, c in self._need()]}, indent=1)
 
     def _need(self):
         if self._entries is None:

@@ -411,13 +411,22 @@ class Segmenter(nn.Module, abc.ABC):
     def forward(self, image: Tensor) -> Tensor: ...
 
 
-def one_hot(label_ids: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """(B, H, W) int64 -> (B, N, H, W) one-hot; raises naming the offending id when out of range."""
+def check_label_range(label_ids: Tensor, num_classes: int) -> None:
+    """Raise naming the offending id when ``label_ids`` leaves [0, num_classes). Reads the values: call it on
+    CPU tensors (on a GPU tensor it is a host-device synchronisation)."""
     if label_ids.numel():
         lo, hi = int(label_ids.min()), int(label_ids.max())
         if lo < 0 or hi >= num_classes:
             bad = hi if hi >= num_classes else lo
             raise ValueError(f"label id {bad} is outside the model's classes 0..{num_classes - 1}")
+
+
+def one_hot(label_ids: Tensor, num_classes: int, dtype: torch.dtype = torch.float32, *, check: bool = True) -> Tensor:
+    """(B, H, W) int64 -> (B, N, H, W) one-hot; raises naming the offending id when out of range.
+
+    ``check=False`` skips the range check (which synchronises with the device): for ids already checked on CPU."""
+    if check:
+        check_label_range(label_ids, num_classes)
     out = torch.zeros(label_ids.shape[0], num_classes, *label_ids.shape[1:], dtype=dtype, device=label_ids.device)
     return out.scatter_(1, label_ids.unsqueeze(1), 1.0)
 

@@ -161,6 +161,16 @@ def test_folder_colour_masks_and_unknown_colour(tmp_path):
     cfg = DataConfig(name="folder", root=str(root), size=(10, 14), num_workers=0, cache_dir=str(tmp_path / "c"))
     b = next(eval_batches(cfg, FolderSpec(), batch_size=1, split="train"))
     assert np.array_equal(b.label[0].numpy(), np.array([0, 1, 0, 0, 0, 2])[ids])
+    # converted shards carry their classes (classes.json beside them): no raw layout needed to read them
+    convert(spec, str(root), "train", tmp_path / "shards", ConvertOptions(progress=False))
+    for shard_root in (str(tmp_path / "shards"), str(tmp_path / "shards" / "folder-train-{000000..000000}.tar")):
+        cfg = DataConfig(name="folder", root=shard_root, size=(10, 14), num_workers=0)
+        b = next(eval_batches(cfg, FolderSpec(), batch_size=1, split="train"))
+        assert np.array_equal(b.label[0].numpy(), np.array([0, 1, 0, 0, 0, 2])[ids])
+    from gensynth.data.loader import configure_spec
+
+    shard_spec = configure_spec(FolderSpec(), DataConfig(name="folder", root=str(tmp_path / "shards/folder-train-000000.tar")))
+    assert [c.name for c in shard_spec.classes] == ["void", "sky", "grass"] and shard_spec.dontcare == 0
     bad = colours[ids].copy()
     bad[3, 7] = (9, 9, 9)
     save_png(root / "labels/a.png", bad)

@@ -86,6 +86,12 @@ def convert(spec: DatasetSpec, root: str | None, split: str, out: str | Path, op
     card_path = out / card_filename(spec.name, split)
     card_path.unlink(missing_ok=True)
     report_path = out / f"{spec.name}-{split}.skipped.json"
+    if hasattr(spec, "classes_text"):  # classes that come from the data travel with the shards
+        from gensynth.data.loader import CLASSES_FILE
+
+        tmp = out / f".{CLASSES_FILE}.tmp"
+        tmp.write_text(spec.classes_text())
+        os.replace(tmp, out / CLASSES_FILE)
     total = _count(spec, root, split, opts)
     use_pool = opts.workers > 1 and hasattr(spec, "load_raw") and bool(total)
 

@@ -31,7 +31,7 @@ from gensynth.data.raw_cache import ensure_cached, target_size
 from gensynth.data.shards import card_filename, iter_tar_samples
 from gensynth.data.transforms import Sample, SampleDecoder
 from gensynth.errors import DataError
-from gensynth.interfaces import Condition, DatasetSpec, instance_edges, one_hot
+from gensynth.interfaces import Condition, DatasetSpec, check_label_range, instance_edges, one_hot
 
 
 @dataclass
@@ -113,11 +113,22 @@ def _from_dir(base: str, spec: DatasetSpec, split: str) -> tuple[list[str], dict
     return None
 
 
+CLASSES_FILE = "classes.json"  # written beside the shards of datasets whose classes come from the data (folder)
+
+
 def configure_spec(spec: DatasetSpec, data_cfg) -> DatasetSpec:
-    """Specs that read their classes from the data (``folder``) are configured from a local data.root."""
-    if hasattr(spec, "for_root") and data_cfg.root and openers.local_path(str(data_cfg.root)) is not None \
-            and openers.local_path(str(data_cfg.root)).is_dir() and getattr(spec, "root", None) is None:
-        return spec.for_root(data_cfg.root)
+    """Specs that read their classes from the data (``folder``) are configured from data.root: the raw layout's
+    classes file, or the ``classes.json`` that conversion writes beside the shards (local or remote)."""
+    if not hasattr(spec, "for_root") or not data_cfg.root or getattr(spec, "root", None) is not None:
+        return spec
+    root = str(data_cfg.root)
+    local = openers.local_path(root)
+    if local is not None and local.is_dir():
+        return spec.for_root(local)
+    base = openers.dirname(_expand(root)[0]) if ("{" in root or root.endswith(".tar")) else root
+    url = openers.join(base, CLASSES_FILE)
+    if not openers.is_pipe(root) and openers.exists(url):
+        return spec.from_classes_text(openers.read_bytes(url).decode(), url)
     return spec
 
 
@@ -361,11 +372,12 @@ def to_condition(batch: Batch, num_classes: int, device, *, with_edges: bool = F
     (gensynth.interfaces.instance_edges); they are None when the batch has no instance maps.
 
     image: (B, 3, H, W); Condition.labels: (B, num_classes, H, W); instance_edges: (B, 1, H, W) or None."""
+    check_label_range(batch.label, num_classes)  # on the CPU tensor: no host-device synchronisation
     image = batch.image.to(device, non_blocking=True)
     ids = batch.label.to(device, non_blocking=True).long()
     if dontcare_last and dontcare is not None:
         ids = torch.where(ids == dontcare, torch.full_like(ids, num_classes - 1), ids - (ids > dontcare).long())
-    labels = one_hot(ids, num_classes)
+    labels = one_hot(ids, num_classes, check=False)
     edges = None
     if with_edges and batch.instance is not None:
         edges = instance_edges(batch.instance.to(device, non_blocking=True))

@@ -390,9 +390,10 @@ class Trainer:
         if self._refreshed_at != self.step and self.cfg.trainer.bn_refresh_batches > 0 and has_batchnorm(self.ema.module):
             with isolated_rng(self.device):
                 torch.manual_seed(self.cfg.trainer.seed + 7919 + self.step + 104729 * self.dist.rank)
+                # in this process (num_workers=0): a few batches do not pay for starting worker processes
                 it = self.loader.train_batches(self.cfg.data, self.spec, batch_size=self.micro, rank=self.dist.rank,
                                                world_size=self.dist.world_size,
-                                               seed=self.cfg.trainer.seed + 7919 + self.step)
+                                               seed=self.cfg.trainer.seed + 7919 + self.step, num_workers=0)
                 conds = (self._conditions(next(it))[1] for _ in range(self.cfg.trainer.bn_refresh_batches))
                 refresh_bn_stats(self.ema.module, conds, self.dist)
         self._refreshed_at = self.step

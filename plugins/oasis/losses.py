@@ -36,10 +36,8 @@ def class_balancing_weights(label_ids: Tensor, num_classes: int, dontcare: int |
     if dontcare is not None:
         counts[dontcare] = 0
     present = counts > 0
-    k = int(present.sum())
-    weights = torch.zeros(num_classes, dtype=torch.float32, device=label_ids.device)
-    if k > 0:
-        weights[present] = label_ids.numel() / (k * counts[present])
+    k = present.sum()  # stays on the device: no host-device synchronisation in the training step
+    weights = torch.where(present, label_ids.numel() / (k.clamp_min(1) * counts.clamp_min(1)), 0.0)
     return weights[label_ids]
 
 
@@ -107,11 +105,11 @@ def labelmix_mask(label_ids: Tensor, num_classes: int, generator: torch.Generato
     intends). The official code relabels in place, so class 0 and class 1 share a bit ~76% of the time;
     here each pair of classes agrees with probability exactly 1/2.
     """
-    present = torch.unique(label_ids)
-    bits = torch.randint(0, 2, (present.numel(),), generator=generator,
+    # one coin for every class (absent classes' coins are never looked up): the same distribution as one coin per
+    # present class, without torch.unique's host-device synchronisation
+    bits = torch.randint(0, 2, (num_classes,), generator=generator,
                          device=generator.device if generator is not None else label_ids.device)
-    table = torch.zeros(num_classes, dtype=torch.float32, device=label_ids.device)
-    table[present] = bits.to(device=label_ids.device, dtype=torch.float32)
+    table = bits.to(device=label_ids.device, dtype=torch.float32)
     return table[label_ids].unsqueeze(1)
 
 
