@@ -169,3 +169,23 @@ def test_generate_cli_errors_name_the_file(tiny_run, tmp_path):
     r = CliRunner().invoke(cli, ["generate", "-c", str(tmp_path / "no-run"), "-l", str(tmp_path / "bad.png"),
                                  "-o", str(tmp_path / "o"), "--device", "cpu"])
     assert r.exit_code == 2 and "no-run" in r.output
+
+
+def test_generate_cli_reads_label_maps_from_shards(tiny_run, tmp_path):
+    """--labels pointing at shards: every validation label map of the shards, generated at the model's size."""
+    from pathlib import Path
+
+    from gensynth.api import load_model
+    from gensynth.data.loader import resolve_shards
+
+    loaded = load_model(tiny_run.run_dir)
+    urls, card = resolve_shards(loaded.config.data, loaded.parts.dataset, "val")
+    shard_dir = str(Path(urls[0]).parent)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["generate", "-c", str(tiny_run.run_dir), "-l", shard_dir, "-o", str(out),
+                                 "--seed", "1", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    made = sorted(out.glob("*_00.png"))
+    assert len(made) == card["num_samples"]
+    assert Image.open(made[0]).size == (32, 32)
+    assert f"for {card['num_samples']} label maps" in " ".join(r.output.split())

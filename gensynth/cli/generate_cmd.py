@@ -17,7 +17,7 @@ def _label_sets(syn, labels: str):
         from gensynth.config import DataConfig
         from gensynth.data.loader import eval_batches
 
-        cfg = DataConfig(name=syn.spec.name, root=labels, num_workers=0)
+        cfg = DataConfig(name=syn.spec.name, root=labels, num_workers=0, size=tuple(syn.size))
         for batch in eval_batches(cfg, syn.spec, batch_size=1):
             yield batch.keys[0], batch.label
         return
