@@ -145,6 +145,20 @@ def test_resume_refuses_changed_model(tiny_run, tiny_cache, tmp_path):
         run_training(cfg, prov, console=_quiet(), resume=True)
 
 
+def test_resume_with_other_worker_count_warns(tiny_run, tiny_cache, tmp_path):
+    import io
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)
+    out = io.StringIO()
+    cfg, prov = resolve(tiny_overrides(run, tiny_cache, **{"trainer.steps": 7, "data.num_workers": 1}))
+    result = run_training(cfg, prov, console=Console(file=out, width=300))
+    assert result.step == 7
+    text = " ".join(out.getvalue().split())
+    assert "resuming with data.num_workers 0 -> 1: training continues from step 6" in text
+    assert "order of samples from here on differs" in text
+
+
 class _NanProbe(LossTerm):
     """Test-only G-side term: 0 until ``from_step``, then NaN."""
 

@@ -212,6 +212,16 @@ class Trainer:
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
             raise ConfigError(f"cannot resume {ckpt.path}: the configuration differs from the one it was trained "
                               f"with ({diffs}); use another --run-dir, or --init-from to fine-tune from it")
+        # allowed, but the data stream is split differently: the run continues, not bit-for-bit as uninterrupted
+        moved = []
+        if old.get("data.num_workers") != new.get("data.num_workers"):
+            moved.append(f"data.num_workers {old.get('data.num_workers')} -> {new.get('data.num_workers')}")
+        if ckpt.meta.get("world_size", self.dist.world_size) != self.dist.world_size:
+            moved.append(f"processes {ckpt.meta.get('world_size')} -> {self.dist.world_size}")
+        if moved and self.dist.is_main:
+            (self.console or Console(stderr=True)).print(
+                f"[yellow]warning:[/] resuming with {', '.join(moved)}: training continues from step {ckpt.step}, "
+                f"but the order of samples from here on differs from an uninterrupted run", highlight=False)
 
     def _load_weights(self, ckpt: Checkpoint) -> None:
         from gensynth.api import load_state_into
