@@ -149,7 +149,6 @@ def check_compatibility(parts: Parts, host: PluginHost | None = None) -> None:
             f"objective {parts.objective!r} cannot score discriminator {parts.discriminator!r}: it outputs "
             f"{kind.value!r} but the objective accepts {sorted(k.value for k in o_cls.accepts)}. "
             f"Objectives that fit: {', '.join(fitting) or 'none'} (--objective NAME)")
-    caps = discriminator_capabilities(d_cls)
     for name in parts.losses:
         term_cls = l_reg.get(name)
         missing = _missing_capabilities(term_cls, d_cls)

@@ -14,7 +14,6 @@ def command():
 @command.command("list")
 def list_segmenters():
     """Registered segmenters and the plugin that registered each."""
-    from rich.console import Console
     from rich.table import Table
 
     from gensynth.plugins import get_host

@@ -10,7 +10,7 @@ import copy
 from typing import Iterable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from gensynth.train.distributed import DistInfo, all_reduce_sum
 

@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from gensynth.errors import ConfigError
 from gensynth.interfaces import Condition, Discriminator, DiscriminatorOutput, DOutputKind
 from gensynth.nn.spade import init_xavier, maybe_sn
-from gensynth_oasis.discriminator import (OASISDiscriminatorOptions, build_decoder, build_encoder, check_divisible,
-                                          discriminator_widths, unet_features)
+from gensynth_oasis.discriminator import (OASISDiscriminatorOptions, UNetDiscriminatorBase, build_encoder,
+                                          discriminator_widths)
 
 
 class OASISEncoderOptions(OASISDiscriminatorOptions):
@@ -98,34 +98,24 @@ class OASISEncoderDiscriminator(Discriminator):
         return DiscriminatorOutput(self.output_kind, self.linear(pooled), [feats])
 
 
-class OASISConcatUNet(Discriminator):
+class OASISConcatUNet(UNetDiscriminatorBase):
     """OASIS U-Net on cat(image, one-hot labels): (B, 3+N, H, W) -> real/fake logits (B, 1, H, W)."""
 
     output_kind = DOutputKind.PIXEL_BINARY
     takes_labels = True
 
     def __init__(self, num_classes: int, options: OASISDiscriminatorOptions | None = None):
-        super().__init__()
-        opt = options or OASISDiscriminatorOptions()
-        self.options = opt
-        self.num_classes = int(num_classes)
-        chans, last = discriminator_widths(opt.num_res_blocks, opt.channels, opt.width, opt.last_channels)
-        self.channels = [3 + self.num_classes] + chans[1:]
-        self.last_channels = last
-        self.body_down = build_encoder(self.channels, opt.spectral)
-        self.body_up = build_decoder(self.channels, last, opt.spectral)
-        self.layer_up_last = nn.Conv2d(last, 1, 1)
+        super().__init__(num_classes, options or OASISDiscriminatorOptions(), out_channels=1,
+                         extra_inputs=int(num_classes))
         init_xavier(self)
 
     def forward(self, image: Tensor, cond: Condition | None = None) -> DiscriminatorOutput:
-        check_divisible(image.shape[-2], image.shape[-1], self.options.num_res_blocks)
         labels = _labels_for(image, cond, "oasis-unet-concat")
         _check_classes(labels, self.num_classes, "oasis-unet-concat")
-        x = unet_features(self.body_down, self.body_up, torch.cat([image, labels], dim=1))
-        return DiscriminatorOutput(self.output_kind, self.layer_up_last(x))
+        return DiscriminatorOutput(self.output_kind, self.layer_up_last(self.unet(torch.cat([image, labels], dim=1))))
 
 
-class OASISProjectionUNet(Discriminator):
+class OASISProjectionUNet(UNetDiscriminatorBase):
     """OASIS U-Net on the image with per-pixel projection conditioning.
 
     phi = U-Net features (B, C, H, W); logits (B, 1, H, W) = psi(phi) + sum_c(E(labels) * phi), where
@@ -136,16 +126,8 @@ class OASISProjectionUNet(Discriminator):
     takes_labels = True
 
     def __init__(self, num_classes: int, options: OASISDiscriminatorOptions | None = None):
-        super().__init__()
-        opt = options or OASISDiscriminatorOptions()
-        self.options = opt
-        self.num_classes = int(num_classes)
-        self.channels, self.last_channels = discriminator_widths(opt.num_res_blocks, opt.channels, opt.width,
-                                                                 opt.last_channels)
-        self.body_down = build_encoder(self.channels, opt.spectral)
-        self.body_up = build_decoder(self.channels, self.last_channels, opt.spectral)
-        self.layer_up_last = nn.Conv2d(self.last_channels, 1, 1)
-        self.embed = maybe_sn(nn.Conv2d(self.num_classes, self.last_channels, 1, bias=False), opt.spectral)
+        super().__init__(num_classes, options or OASISDiscriminatorOptions(), out_channels=1)
+        self.embed = maybe_sn(nn.Conv2d(self.num_classes, self.last_channels, 1, bias=False), self.options.spectral)
         init_xavier(self)
 
     def projection(self, phi: Tensor, labels: Tensor) -> Tensor:
@@ -153,10 +135,9 @@ class OASISProjectionUNet(Discriminator):
         return (self.embed(labels) * phi).sum(dim=1, keepdim=True)
 
     def forward(self, image: Tensor, cond: Condition | None = None) -> DiscriminatorOutput:
-        check_divisible(image.shape[-2], image.shape[-1], self.options.num_res_blocks)
         labels = _labels_for(image, cond, "oasis-unet-projection")
         _check_classes(labels, self.num_classes, "oasis-unet-projection")
-        phi = unet_features(self.body_down, self.body_up, image)
+        phi = self.unet(image)
         return DiscriminatorOutput(self.output_kind, self.layer_up_last(phi) + self.projection(phi, labels))
 
 

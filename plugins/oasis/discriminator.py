@@ -139,7 +139,34 @@ def check_divisible(height: int, width: int, levels: int) -> None:
                           f"model.discriminator_options.num_res_blocks")
 
 
-class OASISDiscriminator(Discriminator):
+class UNetDiscriminatorBase(Discriminator):
+    """The OASIS U-Net body shared by ``oasis-unet`` and its ablation variants.
+
+    ``extra_inputs`` channels are concatenated to the image by the subclass (labels for input concatenation);
+    ``out_channels`` is the width of the last 1x1 layer (``layer_up_last``, no spectral norm).
+    ``unet(x)``: x (B, 3+extra, H, W) -> decoder features (B, last_channels, H, W).
+    Subclasses call :func:`gensynth.nn.spade.init_xavier` once all their modules exist.
+    """
+
+    def __init__(self, num_classes: int, options: OASISDiscriminatorOptions, *, out_channels: int,
+                 extra_inputs: int = 0):
+        super().__init__()
+        self.options = options
+        self.num_classes = int(num_classes)
+        chans, self.last_channels = discriminator_widths(options.num_res_blocks, options.channels, options.width,
+                                                         options.last_channels)
+        self.channels = [3 + extra_inputs] + chans[1:]
+        self.num_res_blocks = options.num_res_blocks
+        self.body_down = build_encoder(self.channels, options.spectral)
+        self.body_up = build_decoder(self.channels, self.last_channels, options.spectral)
+        self.layer_up_last = nn.Conv2d(self.last_channels, out_channels, 1)
+
+    def unet(self, x: Tensor) -> Tensor:
+        check_divisible(x.shape[-2], x.shape[-1], self.num_res_blocks)
+        return unet_features(self.body_down, self.body_up, x)
+
+
+class OASISDiscriminator(UNetDiscriminatorBase):
     """The OASIS U-Net discriminator: image (B, 3, H, W) -> logits (B, N+1, H, W) (channel 0 = fake).
 
     Reads only the image (``takes_labels`` False): it learns the classes itself.
@@ -149,22 +176,11 @@ class OASISDiscriminator(Discriminator):
     takes_labels = False
 
     def __init__(self, num_classes: int, options: OASISDiscriminatorOptions | None = None):
-        super().__init__()
-        opt = options or OASISDiscriminatorOptions()
-        self.options = opt
-        self.num_classes = int(num_classes)
-        self.channels, self.last_channels = discriminator_widths(opt.num_res_blocks, opt.channels, opt.width,
-                                                                 opt.last_channels)
-        self.num_res_blocks = opt.num_res_blocks
-        self.body_down = build_encoder(self.channels, opt.spectral)
-        self.body_up = build_decoder(self.channels, self.last_channels, opt.spectral)
-        self.layer_up_last = nn.Conv2d(self.last_channels, self.num_classes + 1, 1)
+        super().__init__(num_classes, options or OASISDiscriminatorOptions(), out_channels=int(num_classes) + 1)
         init_xavier(self)
 
     def forward(self, image: Tensor, cond: Condition | None = None) -> DiscriminatorOutput:
-        check_divisible(image.shape[-2], image.shape[-1], self.num_res_blocks)
-        x = unet_features(self.body_down, self.body_up, image)
-        return DiscriminatorOutput(DOutputKind.PIXEL_CLASSES, self.layer_up_last(x))
+        return DiscriminatorOutput(DOutputKind.PIXEL_CLASSES, self.layer_up_last(self.unet(image)))
 
 
 def build_oasis_discriminator(num_classes: int, **options) -> OASISDiscriminator:
