@@ -310,6 +310,11 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> Checkpoint:
         path = path.parent
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_file():
+        hint = (" (an official OASIS .pth? convert its release folder with `gensynth models import-official oasis "
+                "FOLDER --data DATASET --out DIR`)" if path.suffix in (".pth", ".pt", ".ckpt") else "")
+        raise CheckpointError(f"{path} is a file, not a gensynth checkpoint: give a run directory or a checkpoint "
+                              f"directory holding {META}{hint}")
     if (path / META).exists() or _STEP_DIR.match(path.name):
         return _read_checkpoint_dir(path, verify)
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path

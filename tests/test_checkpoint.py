@@ -217,3 +217,10 @@ def test_kill_9_during_save_leaves_previous_checkpoint(tmp_path):
         ck = load_checkpoint(tmp_path)
     assert ck.step == 1 and torch.equal(ck.state("generator")["w"], torch.ones(3))
     assert ck.training_state() == {"step": 1}
+
+
+def test_a_plain_weights_file_is_not_taken_for_a_checkpoint(tmp_path):
+    f = tmp_path / "best_G.pth"
+    torch.save({"fc.weight": torch.zeros(1)}, f)
+    with pytest.raises(CheckpointError, match=r"best_G.pth is a file, not a gensynth checkpoint.*import-official"):
+        load_checkpoint(f)
