@@ -82,8 +82,9 @@ def s3_bucket(shard_dir):
     server.stop()
 
 
-def test_s3_eval_and_train_through_the_loader(shard_dir, s3_bucket):
-    cfg = DataConfig(root=s3_bucket, size=(16, 16), num_workers=2)
+def assert_remote_matches_local(root: str, shard_dir, absent: str) -> None:
+    """Eval mode over two ranks covers the split exactly once; training batches equal the local shards'."""
+    cfg = DataConfig(root=root, size=(16, 16), num_workers=2)
     assert epoch_length(cfg, SPEC, "val") == 64
     seen = [k for r in range(2) for b in eval_batches(cfg, SPEC, batch_size=8, rank=r, world_size=2) for k in b.keys]
     assert sorted(seen) == sorted(local_keys(shard_dir[1], "val"))
@@ -92,5 +93,9 @@ def test_s3_eval_and_train_through_the_loader(shard_dir, s3_bucket):
     local = [b for _, b in zip(range(3), train_batches(local_cfg, SPEC, batch_size=4, rank=1, world_size=2, seed=5))]
     for a, b in zip(remote, local):
         assert a.keys == b.keys and (a.image == b.image).all() and (a.label == b.label).all()
-    with pytest.raises(DataError, match="s3://shards/absent"):
-        epoch_length(DataConfig(root="s3://shards/absent", size=(16, 16)), SPEC, "val")
+    with pytest.raises(DataError, match=absent):
+        epoch_length(DataConfig(root=absent, size=(16, 16)), SPEC, "val")
+
+
+def test_s3_eval_and_train_through_the_loader(shard_dir, s3_bucket):
+    assert_remote_matches_local(s3_bucket, shard_dir, "s3://shards/absent")

@@ -14,11 +14,12 @@ from test_data_remote import http_root, s3_bucket, shard_dir  # noqa: F401  (mod
 pytestmark = pytest.mark.slow
 
 
-def _train_two_processes(tmp_path, root: str, cache) -> None:
+def _train_two_processes(tmp_path, root: str, cache, **extra):
+    """`torchrun --nproc-per-node 2 -m gensynth train` on shards at ``root``; returns the last checkpoint."""
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(run_dir, cache, **{"data.root": root, "data.size": [16, 16], "trainer.steps": 2,
                                                   "trainer.checkpoint_every": 2, "trainer.sample_every": 2,
-                                                  "data.num_workers": 1})
+                                                  "data.num_workers": 1, **extra})
     sets = [x for k, v in overrides.items() for x in ("--set", f"{k}={json.dumps(v)}")]
     env = {**os.environ, **CHILD_ENV}
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
@@ -31,6 +32,7 @@ def _train_two_processes(tmp_path, root: str, cache) -> None:
     assert ck.step == 2 and ck.meta["world_size"] == 2
     assert ck.config().data.root == root
     assert len(list((run_dir / "samples").glob("*.png"))) >= 1
+    return ck
 
 
 def test_two_process_training_from_s3(tmp_path, tiny_cache, s3_bucket):  # noqa: F811
@@ -63,21 +65,8 @@ def test_two_process_training_on_genuine_coco_stuff_over_http(tmp_path, tiny_cac
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        run_dir = tmp_path / "run"
-        overrides = tiny_overrides(run_dir, tiny_cache, **{
-            "data.name": "coco-stuff", "data.root": f"http://127.0.0.1:{server.server_address[1]}/",
-            "data.size": [32, 32], "trainer.steps": 2, "trainer.checkpoint_every": 2, "trainer.sample_every": 2,
-            "data.num_workers": 1})
-        sets = [x for k, v in overrides.items() for x in ("--set", f"{k}={json.dumps(v)}")]
-        env = {**os.environ, **CHILD_ENV}
-        env.pop("RANK", None), env.pop("WORLD_SIZE", None)
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                               "-m", "gensynth", "train", *sets], env=env, capture_output=True, text=True, timeout=240)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        ck = _train_two_processes(tmp_path, f"http://127.0.0.1:{server.server_address[1]}/", tiny_cache,
+                                  **{"data.name": "coco-stuff", "data.size": [32, 32]})
     finally:
         server.shutdown()
-    from gensynth.checkpoint import load_checkpoint
-
-    ck = load_checkpoint(run_dir)
-    assert ck.step == 2 and ck.meta["world_size"] == 2
     assert ck.state("discriminator")["layer_up_last.weight"].shape[0] == 184  # 183 classes + fake
