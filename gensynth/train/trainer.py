@@ -311,36 +311,31 @@ class Trainer:
         scaler.step(opt)
         scaler.update()
 
-    def _train_step(self, micros: list) -> None:
+    def _accumulate(self, losses_fn, wrapped, scaler, micros: list) -> None:
+        """Backward of ``losses_fn`` summed over the micro-batches (DDP gradients synchronised on the last one)."""
         prec, dev, n = self.cfg.trainer.precision, self.device, len(micros)
-        ddp = self.dist.enabled
+        for i, (real, cond) in enumerate(micros):
+            last = not self.dist.enabled or i == n - 1
+            with contextlib.nullcontext() if last else wrapped.no_sync():
+                with autocast(prec, dev):
+                    losses = losses_fn(self.G_train, self.D_train, real, cond, self.step)
+                self._record(losses)
+                scaler.scale((sum(losses.values()) / n).float()).backward()
+
+    def _train_step(self, micros: list) -> None:
         # --- G step: D frozen (only the parameters it trains; frozen parts stay frozen)
-        d_trainable = [p for p in self.D.parameters() if p.requires_grad] if self._d_trainable is None else self._d_trainable
-        self._d_trainable = d_trainable
-        for p in d_trainable:
+        if self._d_trainable is None:
+            self._d_trainable = [p for p in self.D.parameters() if p.requires_grad]
+        for p in self._d_trainable:
             p.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
-        for i, (real, cond) in enumerate(micros):
-            sync = contextlib.nullcontext() if (not ddp or i == n - 1) else self.G_train.no_sync()
-            with sync:
-                with autocast(prec, dev):
-                    losses = self.method.g_losses(self.G_train, self.D_train, real, cond, self.step)
-                total = sum(losses.values()) / n
-                self.scaler_g.scale(total.float()).backward()
-            self._record(losses)
-        for p in d_trainable:
+        self._accumulate(self.method.g_losses, self.G_train, self.scaler_g, micros)
+        for p in self._d_trainable:
             p.requires_grad_(True)
         self._optim_step(self.opt_g, self.scaler_g, self.G.parameters())
         # --- D step, same batch
         self.opt_d.zero_grad(set_to_none=True)
-        for i, (real, cond) in enumerate(micros):
-            sync = contextlib.nullcontext() if (not ddp or i == n - 1) else self.D_train.no_sync()
-            with sync:
-                with autocast(prec, dev):
-                    losses = self.method.d_losses(self.G_train, self.D_train, real, cond, self.step)
-                total = sum(losses.values()) / n
-                self.scaler_d.scale(total.float()).backward()
-            self._record(losses)
+        self._accumulate(self.method.d_losses, self.D_train, self.scaler_d, micros)
         self._optim_step(self.opt_d, self.scaler_d, self.D.parameters())
         if self.ema is not None:
             self.ema.update(self.G)

@@ -4,6 +4,8 @@ Sources are listed in this plugin's README.md. Dotted keys are gensynth configur
 """
 from __future__ import annotations
 
+import dataclasses
+
 from gensynth.interfaces import ModelPreset, PartSpec
 
 from gensynth_spade.method import SpadeMethod
@@ -68,28 +70,15 @@ SPADE = ModelPreset(
     dontcare="extra-last",
 )
 
-SPADE_PLUS = ModelPreset(
+# SPADE+ = SPADE without feature matching, with an EMA generator and OASIS' Adam betas and constant lr
+SPADE_PLUS = dataclasses.replace(
+    SPADE,
     name="spade+",
     description="SPADE+ of the OASIS paper (Sushko et al., ICLR 2021): SPADE without feature matching, with an "
                 "EMA generator and OASIS' optimiser settings; keeps the VGG loss",
-    method="adversarial",
-    method_factory=SpadeMethod,
-    generator=PartSpec("spade"),
-    discriminator=PartSpec("patchgan"),
-    objective=PartSpec("hinge"),
     losses={"vgg": 10.0},
-    defaults={
-        "optim.lr_g": 1e-4,
-        "optim.lr_d": 4e-4,
-        "optim.beta1": 0.0,
-        "optim.beta2": 0.999,
-        "optim.schedule": "constant",
-        "trainer.ema_decay": 0.9999,
-        "trainer.batch_size": 32,
-        "trainer.epochs": 200,
-    },
+    defaults={**SPADE.defaults, "optim.beta2": 0.999, "optim.schedule": "constant", "trainer.ema_decay": 0.9999},
     dataset_defaults=_per_dataset({}),
-    dontcare="extra-last",
 )
 
 PRESETS = (SPADE, SPADE_PLUS)
