@@ -1,60 +1,90 @@
-"""Time and peak memory of one OASIS training step (G step + D step + both Adam steps), EMA update, BN refresh.
+"""Speed and memory of one training iteration (G step + D step + EMA), at full widths, against references.
 
-The OASIS preset ("oasis" generator + "oasis-unet" + n+1 + LabelMix) is built through gensynth.build and trained
-with gensynth.method.AdversarialMethod, the same step order as the trainer. Ratios are against a reference run in
-the same process:
+For every configuration (preset x dataset size x batch) it prints the median seconds per iteration, images/s,
+the floating-point operations of one iteration (torch.utils.flop_counter: convolutions and matmuls, forward and
+backward), the achieved GFLOP/s as a fraction of a dense 3x3 convolution and a dense matmul measured in the same
+process, and the peak memory. Reference runs in the same process:
 
-* ``official-order``: D's parameters keep requires_grad during the G step (the official code), vs ours where D is
-  frozen in the G step (no weight gradients of D are computed there);
-* ``fp32`` is the reference of ``bf16`` autocast.
+* ``official code``: the official OASIS implementation, when ``--official PATH`` points at a checkout
+  (see benchmarks/official_oasis.py; OASIS preset only);
+* ``gensynth, official settings``: gensynth's model with every speed option off -- spectral norm dividing the
+  weight (torch's hook computation), for-loop Adam, D's weight gradients computed in the G step, per-key EMA --
+  the same computation as the official code; then the options switched on one by one (each row's ratio is against
+  the row of the official code when measured, else against ``gensynth, official settings``).
 
-    OMP_NUM_THREADS=1 python benchmarks/train_step.py                       # demo 64x64 and quarter-width 128x256
-    python benchmarks/train_step.py --sizes 64x64 --repeats 3 --out -       # quick look, no JSON
+    OMP_NUM_THREADS=2 python benchmarks/train_step.py                                     # CPU sizes, both presets
+    python benchmarks/train_step.py --official ~/OASIS --configs ade20k-64x64 --repeats 5
+    python benchmarks/train_step.py --device cuda --configs ade20k-256x256 cityscapes-256x512 --batch 4
 
-Peak memory: on CUDA torch.cuda.max_memory_allocated; on CPU the peak of tracemalloc-visible Python allocations is
-useless for tensors, so the CPU figure is the growth of the process's max RSS (resource.getrusage) during the
-measured steps (monotone: later configurations only show what they add beyond earlier peaks) -- read it as an
-upper-bound indication, not an exact per-configuration figure. Timings are never asserted by tests.
+Peak memory: CUDA ``max_memory_allocated``; on CPU the peak resident set size of a child process that runs the
+variant alone (``--memory``, on by default on CPU), minus the resident size after importing torch and gensynth.
+Timings are never asserted by the tests; tests/test_speed_options.py checks that every option gives equal results.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
 import resource
+import statistics
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from gensynth.build import build_discriminator, build_generator, build_method, resolve_parts
-from gensynth.config import resolve
-from gensynth.interfaces import Condition, one_hot
-from gensynth.train.ema import EMA, refresh_bn_stats
-from gensynth.train.distributed import DistInfo
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine_rates import dense_rates  # noqa: E402
+
+from gensynth.build import build_discriminator, build_generator, build_method, resolve_parts  # noqa: E402
+from gensynth.config import resolve  # noqa: E402
+from gensynth.interfaces import Condition, one_hot  # noqa: E402
+from gensynth.nn.spectral import SpectralConv2d  # noqa: E402
+from gensynth.train.ema import EMA  # noqa: E402
+from gensynth.train.speed import make_adam  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 
-#: (label, H, W, config overrides): the demo quick-start model, and a quarter-width official model at 128x256
-SIZES = {
-    "64x64": {},
-    "128x256": {"model.generator_options.channels": 16, "model.generator_options.num_res_blocks": 6,
-                "model.discriminator_options.num_res_blocks": 6, "model.discriminator_options.width": 0.25,
-                "model.generator_options.spade_hidden": 32, "model.generator_options.z_dim": 64},
+#: name -> (dataset, (H, W)); the 64x.. sizes are the official widths at a resolution a CPU can run
+CONFIGS = {
+    "ade20k-64x64": ("ade20k", (64, 64)),
+    "cityscapes-64x128": ("cityscapes", (64, 128)),
+    "ade20k-256x256": ("ade20k", (256, 256)),
+    "cityscapes-256x512": ("cityscapes", (256, 512)),
 }
+CPU_CONFIGS = ["ade20k-64x64", "cityscapes-64x128"]
 
 
-@dataclass
-class StepConfig:
-    """One measured configuration."""
+@dataclass(frozen=True)
+class Variant:
+    """One way of running gensynth's iteration."""
 
-    size: str
-    batch: int
-    precision: str  # fp32 | bf16
-    freeze_d: bool  # ours: D frozen in the G step; False = official order
+    name: str
+    sn: str = "auto"          # spectral-norm scaling: "weight" = torch's hook computation, "auto" = gensynth
+    adam: str = "fused"       # fused | foreach | for-loop
+    freeze_d: bool = True     # D's weight gradients skipped in the G step
+    ema: str = "foreach"      # foreach | per-key (official update_EMA)
+    precision: str = "fp32"   # fp32 | bf16
+    channels_last: bool = False
+    compile: bool = False
+
+
+OFFICIAL_SETTINGS = Variant("gensynth, official settings", sn="weight", adam="for-loop", freeze_d=False, ema="per-key")
+LADDER = [
+    OFFICIAL_SETTINGS,
+    replace(OFFICIAL_SETTINGS, name="+ spectral norm on outputs", sn="auto"),
+    replace(OFFICIAL_SETTINGS, name="+ fused Adam", sn="auto", adam="fused"),
+    replace(OFFICIAL_SETTINGS, name="+ D frozen in G step", sn="auto", adam="fused", freeze_d=True),
+    Variant("gensynth fp32 (default: + foreach EMA)"),
+    Variant("gensynth bf16 autocast", precision="bf16"),
+    Variant("gensynth fp32 channels-last", channels_last=True),
+]
+COMPILED = Variant("gensynth fp32 torch.compile", compile=True)
 
 
 def _rss_mb() -> float:
@@ -62,120 +92,256 @@ def _rss_mb() -> float:
     return r / 1024 if sys.platform != "darwin" else r / 2 ** 20
 
 
-class Bench:
-    """Builds the OASIS parts once per size and times steps on random label maps / images."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def __init__(self, size: str, batch: int, device: torch.device):
-        h, w = (int(v) for v in size.split("x"))
-        cfg, _ = resolve({"model.preset": "oasis", "data.name": "demo", "data.size": [h, w], **SIZES.get(size, {})})
-        self.cfg, self.parts, self.device = cfg, resolve_parts(cfg), device
-        torch.manual_seed(0)
+
+def _overrides(preset: str, data: str, size: tuple[int, int], batch: int) -> dict:
+    o = {"model.preset": preset, "data.name": data, "data.size": list(size), "trainer.batch_size": batch}
+    if preset.startswith("spade"):  # the perceptual term costs the same with random VGG weights (none downloadable)
+        o["model.loss_options"] = {"vgg": {"random_init": True}}
+    return o
+
+
+class GensynthRun:
+    """gensynth's parts for one configuration and variant; :meth:`iteration` = the trainer's step order."""
+
+    def __init__(self, preset: str, data: str, size: tuple[int, int], batch: int, variant: Variant,
+                 device: torch.device, seed: int = 0):
+        cfg, _ = resolve(_overrides(preset, data, size, batch))
+        self.cfg, self.parts, self.variant, self.device = cfg, resolve_parts(cfg), variant, device
+        torch.manual_seed(seed)
         self.G = build_generator(self.parts).to(device)
         self.D = build_discriminator(self.parts).to(device)
         self.method = build_method(self.parts)
+        for term in self.method.terms:
+            term.to(device)
+        if variant.sn != "auto":
+            for m in (*self.G.modules(), *self.D.modules()):
+                if isinstance(m, SpectralConv2d):
+                    m.scale = variant.sn
+        if variant.channels_last:
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
         oc = cfg.optim
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=oc.lr_g, betas=(oc.beta1, oc.beta2))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=oc.lr_d, betas=(oc.beta1, oc.beta2))
-        self.ema = EMA(self.G, 0.999)
+        betas = (oc.beta1, oc.beta2)
+        self.opt_g = make_adam(self.G.parameters(), oc.lr_g, betas, variant.adam, device)
+        self.opt_d = make_adam(self.D.parameters(), oc.lr_d, betas, variant.adam, device)
+        self.ema = EMA(self.G, cfg.trainer.ema_decay or 0.9999, warmup=False)
+        self.G_run, self.D_run = (torch.compile(self.G), torch.compile(self.D)) if variant.compile else (self.G, self.D)
         n = self.parts.num_classes
-        ids = torch.randint(0, n, (batch, h, w), device=device)
-        self.cond = Condition(one_hot(ids, n))  # labels (B, N, H, W)
-        self.real = torch.rand(batch, 3, h, w, device=device) * 2 - 1  # (B, 3, H, W)
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, n, (batch, *size), generator=g)
+        self.real = (torch.rand(batch, 3, *size, generator=g) * 2 - 1).to(device)
+        self.cond = Condition(one_hot(self.ids.to(device), n))
+        if variant.channels_last:
+            self.real = self.real.contiguous(memory_format=torch.channels_last)
+            self.cond = self.cond.to_memory_format(torch.channels_last)
+        self.sums: dict[str, torch.Tensor] = {}
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def params(self) -> tuple[int, int]:
+        return sum(p.numel() for p in self.G.parameters()), sum(p.numel() for p in self.D.parameters())
 
-    def step(self, precision: str, freeze_d: bool) -> None:
-        """One G step then one D step on the same batch, with optimiser steps (as the trainer)."""
-        dtype = torch.bfloat16 if precision == "bf16" else None
-        ctx = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
-        if freeze_d:
+    def _ema_per_key(self) -> None:
+        with torch.no_grad():
+            ema, g, d = self.ema.module.state_dict(), self.G.state_dict(), self.ema.decay
+            for key in ema:
+                if ema[key].dtype.is_floating_point:
+                    ema[key].copy_(ema[key] * d + g[key] * (1 - d))
+                else:
+                    ema[key].copy_(g[key])
+
+    def _record(self, losses: dict) -> None:  # as Trainer._record: device-side sums, no host copy
+        for k, v in losses.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+
+    def iteration(self) -> None:
+        v, dev = self.variant, self.device
+        ctx = (torch.autocast(dev.type, dtype=torch.bfloat16) if v.precision == "bf16"
+               else torch.autocast(dev.type, enabled=False))
+        if v.freeze_d:
             self.D.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         with ctx:
-            losses = self.method.g_losses(self.G, self.D, self.real, self.cond)
+            losses = self.method.g_losses(self.G_run, self.D_run, self.real, self.cond)
+        self._record(losses)
         sum(losses.values()).float().backward()
         self.D.requires_grad_(True)
         self.opt_g.step()
-        self.opt_d.zero_grad(set_to_none=True)  # also drops D gradients the official order computed in the G step
+        self.opt_d.zero_grad(set_to_none=True)
         with ctx:
-            losses = self.method.d_losses(self.G, self.D, self.real, self.cond)
+            losses = self.method.d_losses(self.G_run, self.D_run, self.real, self.cond)
+        self._record(losses)
         sum(losses.values()).float().backward()
         self.opt_d.step()
+        if v.ema == "per-key":
+            self._ema_per_key()
+        else:
+            self.ema.update(self.G)
 
-    def time_it(self, fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
-        """(median seconds per call, max-RSS growth in MB or CUDA peak MB)."""
-        for _ in range(warmup):
-            fn()
-        self._sync()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        rss0 = _rss_mb()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            self._sync()
-            times.append(time.perf_counter() - t)
-        peak = torch.cuda.max_memory_allocated(self.device) / 2 ** 20 if self.device.type == "cuda" else _rss_mb() - rss0
-        return sorted(times)[len(times) // 2], peak
 
-    def bn_refresh(self, batches: int) -> None:
-        """Re-estimate the EMA generator's BN statistics on ``batches`` forward passes (single process)."""
-        refresh_bn_stats(self.ema.module, (self.cond for _ in range(batches)), DistInfo(device=self.device))
+def make_run(preset: str, config: str, batch: int, variant_name: str, device: torch.device, official: str | None):
+    data, size = CONFIGS[config]
+    if variant_name == "official code":
+        from official_oasis import OfficialRun, official_options
+
+        cfg, _ = resolve(_overrides(preset, data, size, batch))
+        parts = resolve_parts(cfg)
+        labelmix = next(t.weight for t in build_method(parts).terms if t.name == "labelmix")
+        opt = official_options(parts.num_classes, *size, batch, dontcare=parts.dataset.dontcare is not None,
+                               labelmix=float(labelmix), ema_decay=cfg.trainer.ema_decay or 0.9999,
+                               lr_g=cfg.optim.lr_g, lr_d=cfg.optim.lr_d, gpu=device.type == "cuda")
+        run = OfficialRun(official, opt, device)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, parts.num_classes, (batch, *size), generator=g)
+        image = torch.rand(batch, 3, *size, generator=g) * 2 - 1
+        image, label = run.batch(ids, image)
+
+        class _Official:
+            def iteration(self):
+                run.iteration(image, label)
+
+            def params(self):
+                return (sum(p.numel() for p in run.model.netG.parameters()),
+                        sum(p.numel() for p in run.model.netD.parameters()))
+        return _Official()
+    variant = next(v for v in [*LADDER, COMPILED] if v.name == variant_name)
+    return GensynthRun(preset, data, size, batch, variant, device)
+
+
+def count_flops(run) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run.iteration()
+    return int(counter.get_total_flops())
+
+
+def time_run(run, repeats: int, warmup: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        run.iteration()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run.iteration()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def child_peak_memory(args, preset: str, config: str, variant: str) -> float | None:
+    """Peak RSS growth (MB) of a fresh process running 3 iterations of one variant (CPU)."""
+    cmd = [sys.executable, __file__, "--_child", preset, config, variant, "--batch", str(args.batch),
+           "--device", args.device, "--threads", str(args.threads)]
+    if args.official:
+        cmd += ["--official", args.official]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in out.stdout.splitlines():
+        if line.startswith("PEAK_MB "):
+            return float(line.split()[1])
+    print(f"  (memory child failed for {variant}: {out.stderr.strip().splitlines()[-1:]})")
+    return None
+
+
+def _child(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--_child", nargs=3)
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--device")
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--official")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    preset, config, variant = a._child
+    base = _rss_mb()
+    run = make_run(preset, config, a.batch, variant, torch.device(a.device), a.official)
+    for _ in range(3):
+        run.iteration()
+    print(f"PEAK_MB {_rss_mb() - base:.1f}")
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--_child" in argv:
+        _child(argv)
+        return {}
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", nargs="+", default=list(SIZES), help="HxW (64x64 = demo model, 128x256 = quarter width)")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS),
+                    help=f"default: {' '.join(CPU_CONFIGS)} on CPU, all on CUDA")
+    ap.add_argument("--presets", nargs="+", default=["oasis", "spade"])
+    ap.add_argument("--batch", type=int, default=1, help="per-iteration batch (the official scripts use 20-32 "
+                                                         "on GPUs; 1 keeps CPU runs short)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--bn-batches", type=int, default=10, help="batches of the BN refresh (demo preset: 10)")
+    ap.add_argument("--official", default=None, help="path of an official OASIS checkout to run side by side")
+    ap.add_argument("--variants", nargs="+", default=None, help="subset of variant names (default: all)")
+    ap.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile on CPU)")
+    ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the per-variant memory children")
     ap.add_argument("--out", default=str(RESULTS), help="JSON output ('-' = do not write)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    rows = []
-    for size in args.sizes:
-        b = Bench(size, args.batch, device)
-        ref = None
-        for precision in ("fp32", "bf16"):
-            for freeze_d in (False, True):
-                sec, mem = b.time_it(lambda: b.step(precision, freeze_d), args.repeats)
-                row = {"size": size, "batch": args.batch, "what": "train step", "precision": precision,
-                       "order": "ours (D frozen in G step)" if freeze_d else "official (D requires_grad in G step)",
-                       "seconds": sec, "peak_mb": mem}
-                if precision == "fp32" and not freeze_d:
-                    ref = sec
-                row["ratio_vs_fp32_official"] = sec / ref
-                rows.append(row)
-        fp32_ours = next(r["seconds"] for r in rows if r["size"] == size and r["precision"] == "fp32"
-                         and r["order"].startswith("ours"))
-        for r in rows:
-            if r["size"] == size and r["precision"] == "bf16" and r["order"].startswith("ours"):
-                r["ratio_bf16_vs_fp32"] = r["seconds"] / fp32_ours
-        sec, mem = b.time_it(lambda: b.ema.update(b.G), args.repeats)
-        rows.append({"size": size, "batch": args.batch, "what": "EMA update", "precision": "fp32", "order": "-",
-                     "seconds": sec, "peak_mb": mem, "ratio_vs_fp32_official": sec / ref})
-        sec, mem = b.time_it(lambda: b.bn_refresh(args.bn_batches), max(1, args.repeats // 2))
-        rows.append({"size": size, "batch": args.batch, "what": f"BN refresh ({args.bn_batches} batches)",
-                     "precision": "fp32", "order": "-", "seconds": sec, "peak_mb": mem,
-                     "ratio_vs_fp32_official": sec / ref})
-        g = sum(p.numel() for p in b.G.parameters())
-        d = sum(p.numel() for p in b.D.parameters())
-        print(f"{size}: G {g / 1e6:.2f}M params, D {d / 1e6:.3f}M params")
-    machine = {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+    configs = args.configs or (CPU_CONFIGS if device.type == "cpu" else list(CONFIGS))
+
+    rates = dense_rates(device)
+    machine = {"cpu": platform.processor() or platform.machine(), "cpu_cores": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                "python": platform.python_version(), "device": str(device),
-               "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
-    print(f"cores {machine['cpu_cores']}, torch threads {machine['torch_threads']}, torch {machine['torch']}, "
-          f"device {device}, load average {machine['load_average']}")
-    print(f"{'size':>8} {'what':>22} {'prec':>5} {'order':>38} {'s/step':>8} {'xref':>6} {'bf16/fp32':>9} {'peakMB':>7}")
-    for r in rows:
-        bf = f"{r['ratio_bf16_vs_fp32']:.2f}" if "ratio_bf16_vs_fp32" in r else "-"
-        print(f"{r['size']:>8} {r['what']:>22} {r['precision']:>5} {r['order']:>38} {r['seconds']:>8.3f} "
-              f"{r['ratio_vs_fp32_official']:>6.2f} {bf:>9} {r['peak_mb']:>7.0f}")
-    report = {"machine": machine, "repeats": args.repeats, "rows": rows}
+               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+               "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "dense_rates": rates}
+    print(f"device {device}, {machine['torch_threads']} threads, torch {torch.__version__}; dense rates in this "
+          f"process: conv3x3 fp32 {rates['conv_fp32']:.0f} GFLOP/s, bf16 {rates['conv_bf16']:.0f}, "
+          f"matmul fp32 {rates['matmul_fp32']:.0f}")
+    rows = []
+    for preset in args.presets:
+        for config in configs:
+            names = (["official code"] if args.official and preset == "oasis" else []) + [v.name for v in LADDER]
+            if args.compile:
+                names.append(COMPILED.name)
+            if args.variants:
+                names = [n for n in names if n in args.variants or n == "official code"]
+            ref_time = None
+            for name in names:
+                run = make_run(preset, config, args.batch, name, device, args.official)
+                g_params, d_params = run.params()
+                flops = count_flops(run)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                times = time_run(run, args.repeats, args.warmup, device)
+                peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
+                del run
+                gc.collect()
+                if peak is None and args.memory:
+                    peak = child_peak_memory(args, preset, config, name)
+                sec = statistics.median(times)
+                ref_time = ref_time or sec
+                prec = "bf16" if "bf16" in name else "fp32"
+                row = {"preset": preset, "config": config, "batch": args.batch, "variant": name, "seconds": sec,
+                       "times": times, "images_per_s": args.batch / sec, "gflop": flops / 1e9,
+                       "gflop_per_s": flops / sec / 1e9,
+                       "fraction_of_conv": flops / sec / 1e9 / rates[f"conv_{prec}"],
+                       "fraction_of_matmul": flops / sec / 1e9 / rates[f"matmul_{prec}"],
+                       "speedup_vs_reference": ref_time / sec, "peak_mb": peak,
+                       "params_g": g_params, "params_d": d_params}
+                rows.append(row)
+                print(f"{preset:>6} {config:>18} {name:>40}: {sec:7.3f} s  {row['images_per_s']:6.2f} img/s  "
+                      f"{row['gflop']:6.1f} GFLOP  {row['gflop_per_s']:6.1f} GFLOP/s  "
+                      f"{100 * row['fraction_of_conv']:4.0f}% conv  x{row['speedup_vs_reference']:.2f}  "
+                      f"peak {peak if peak is None else round(peak)} MB", flush=True)
+            ref_mem = rows[-len(names)]["peak_mb"]
+            for r in rows[-len(names):]:
+                r["memory_vs_reference"] = (r["peak_mb"] / ref_mem) if r["peak_mb"] and ref_mem else None
+    machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    report = {"machine": machine, "args": {k: v for k, v in vars(args).items() if k != "out"},
+              "command": "python benchmarks/train_step.py " + " ".join(argv), "rows": rows,
+              "variants": [asdict(v) for v in LADDER]}
+    print_table(rows)
     if args.out != "-":
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
@@ -183,5 +349,16 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def print_table(rows: list[dict]) -> None:
+    print("\n| preset | config | variant | s/iter | img/s | GFLOP | GFLOP/s | % conv | speed-up | peak MB | memory |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        mem = f"{r['peak_mb']:.0f}" if r["peak_mb"] else "-"
+        mrel = f"{r['memory_vs_reference']:.2f}" if r.get("memory_vs_reference") else "-"
+        print(f"| {r['preset']} | {r['config']} | {r['variant']} | {r['seconds']:.2f} | {r['images_per_s']:.2f} | "
+              f"{r['gflop']:.0f} | {r['gflop_per_s']:.0f} | {100 * r['fraction_of_conv']:.0f}% | "
+              f"{r['speedup_vs_reference']:.2f} | {mem} | {mrel} |")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

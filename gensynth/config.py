@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -66,6 +66,8 @@ class OptimConfig(Section):
     schedule: Literal["constant", "linear-decay"] = "constant"
     decay_start: float = Field(0.5, ge=0, le=1, description="fraction of training after which linear decay starts")
     grad_clip: Optional[float] = Field(None, gt=0)
+    implementation: Literal["auto", "fused", "foreach", "for-loop"] = Field(
+        "auto", description="Adam kernels: auto = fused on CPU and CUDA (same results, see gensynth.train.speed)")
 
 
 class TrainerConfig(Section):
@@ -87,6 +89,10 @@ class TrainerConfig(Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
     init_from: Optional[str] = Field(None, description="checkpoint to initialise from (fine-tuning)")
     compile: bool = False
+    channels_last: Union[bool, Literal["auto"]] = Field(
+        "auto", description="NHWC memory format for models and batches; auto = on for CUDA, off for CPU")
+    tf32: bool = Field(False, description="CUDA only: TF32 matmuls and convolutions (faster on Ampere+, not fp32 "
+                                          "numerics); set explicitly either way")
 
 
 class EvalConfig(Section):

@@ -52,6 +52,13 @@ class Condition:
 
         return Condition(move(self.labels), move(self.instance_edges), move(self.style_image))
 
+    def to_memory_format(self, memory_format: torch.memory_format) -> "Condition":
+        """The same condition with its 4D tensors laid out as ``memory_format`` (e.g. channels-last)."""
+        def lay(t):
+            return None if t is None else t.contiguous(memory_format=memory_format)
+
+        return Condition(lay(self.labels), lay(self.instance_edges), lay(self.style_image))
+
     def __getitem__(self, idx) -> "Condition":
         def pick(t):
             return None if t is None else t[idx]

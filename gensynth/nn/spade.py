@@ -1,9 +1,10 @@
 """SPADE normalisation and the SPADE residual block (Park et al. 2019), shared by OASIS and SPADE.
 
-Spectral norm uses torch's hook implementation (``torch.nn.utils.spectral_norm``) on purpose: its
-state-dict keys (``weight_orig``, ``weight_u``, ``weight_v``) are those of the official OASIS and
-SPADE checkpoints, so importing them needs no key surgery beyond module names. The parametrization
-API would name them ``parametrizations.weight.original`` / ``...0._u`` / ``...0._v``.
+Spectral norm keeps the state-dict keys of torch's hook implementation (``weight_orig``, ``weight_u``,
+``weight_v``), which are those of the official OASIS and SPADE checkpoints, so importing them needs no key
+surgery beyond module names (the parametrization API would name them ``parametrizations.weight.original`` /
+``...0._u`` / ``...0._v``). Convolutions use :class:`gensynth.nn.spectral.SpectralConv2d`, the same function
+computed more cheaply; other layers torch's hook.
 """
 from __future__ import annotations
 
@@ -11,9 +12,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import spectral_norm
 
+from gensynth.nn.spectral import SpectralConv2d
+
 
 def maybe_sn(module: nn.Module, enabled: bool) -> nn.Module:
-    return spectral_norm(module) if enabled else module
+    """``module`` with spectral normalisation when ``enabled``: a :class:`SpectralConv2d` for a plain zero-padded
+    ``nn.Conv2d``, torch's ``spectral_norm`` hook for anything else (same state-dict keys either way)."""
+    if not enabled:
+        return module
+    if type(module) is nn.Conv2d and module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        return SpectralConv2d.from_conv(module)
+    return spectral_norm(module)
 
 
 def param_free_norm(kind: str, channels: int) -> nn.Module:
@@ -72,6 +81,8 @@ class SPADEResBlock(nn.Module):
             self.norm_s = SPADE(fin, label_nc, hidden, kernel_size, norm)
 
     def forward(self, x: Tensor, seg: Tensor) -> Tensor:
+        if seg.shape[-2:] != x.shape[-2:]:  # once for the block's two or three SPADE layers
+            seg = F.interpolate(seg, size=x.shape[-2:], mode="nearest")
         x_s = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
         dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
         dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
@@ -82,7 +93,7 @@ def init_xavier(module: nn.Module, gain: float = 0.02) -> None:
     """The official OASIS/SPADE initialisation: xavier_normal(gain) on Conv/Linear weights, zero biases.
     On spectral-normed convs this initialises ``weight_orig``."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d, SpectralConv2d)):
             w = m.weight_orig if hasattr(m, "weight_orig") else m.weight
             if w.device.type != "meta":
                 nn.init.xavier_normal_(w, gain=gain)

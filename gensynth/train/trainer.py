@@ -33,6 +33,7 @@ from gensynth.train.precision import autocast, make_scaler
 from gensynth.train.samples import make_grid, palette, save_png
 from gensynth.train.schedule import make_scheduler
 from gensynth.train.signals import StopRequest
+from gensynth.train.speed import make_adam, resolve_channels_last, set_tf32, to_channels_last
 from gensynth.train.state import capture_rng, restore_rng, seed_everything
 
 
@@ -120,16 +121,22 @@ class Trainer:
 
         # identical initial weights on every rank: same seed before building
         seed_everything(cfg.trainer.seed)
+        set_tf32(self.device, cfg.trainer.tf32)
+        self.channels_last = resolve_channels_last(cfg.trainer.channels_last, self.device)
         self.G = build_generator(self.parts).to(self.device)
         self.D = build_discriminator(self.parts).to(self.device)
+        if self.channels_last:
+            to_channels_last(self.G), to_channels_last(self.D)
         self.method = build_method(self.parts)
         for term in self.method.terms:
             term.to(self.device)
         self.ema = EMA(self.G, cfg.trainer.ema_decay, cfg.trainer.ema_warmup) if cfg.trainer.ema_decay is not None else None
         oc = cfg.optim
         betas = (float(oc.beta1), float(oc.beta2))
-        self.opt_g = torch.optim.Adam([p for p in self.G.parameters() if p.requires_grad], lr=oc.lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam([p for p in self.D.parameters() if p.requires_grad], lr=oc.lr_d, betas=betas)
+        self.opt_g = make_adam((p for p in self.G.parameters() if p.requires_grad), oc.lr_g, betas, oc.implementation,
+                               self.device)
+        self.opt_d = make_adam((p for p in self.D.parameters() if p.requires_grad), oc.lr_d, betas, oc.implementation,
+                               self.device)
         self.sched_g = make_scheduler(self.opt_g, oc.schedule, self.total, oc.decay_start)
         self.sched_d = make_scheduler(self.opt_d, oc.schedule, self.total, oc.decay_start)
         self.scaler_g = make_scaler(cfg.trainer.precision, self.device)
@@ -278,6 +285,8 @@ class Trainer:
                                               dontcare=self.spec.dontcare)
         if getattr(self.G, "uses_style_image", False) and cond.style_image is None:
             cond.style_image = real
+        if self.channels_last:
+            real, cond = real.contiguous(memory_format=torch.channels_last), cond.to_memory_format(torch.channels_last)
         return real, cond
 
     def _train_iter(self) -> Iterator:

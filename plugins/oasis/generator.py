@@ -122,14 +122,26 @@ class OASISGenerator(Generator):
         h0, w0 = self.start_size(h, w)
         zmap = self.noise_map(z, b, (h, w), labels)
         seg = labels if zmap is None else torch.cat([zmap, labels], dim=1)
-        x = self.fc(F.interpolate(seg, size=(h0, w0), mode="nearest"))
+        segs = label_pyramid(seg, len(self.body))  # segs[i]: the labels at block i's resolution
+        x = self.fc(segs[0])
         last = len(self.body) - 1
         for i, block in enumerate(self.body):
-            x = block(x, seg)
+            x = block(x, segs[i])
             if i < last:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
         image = torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))
         return GeneratorOutput(image=image)
+
+
+def label_pyramid(seg: Tensor, levels: int) -> list[Tensor]:
+    """[seg / 2**(levels-1), ..., seg / 2, seg]: nearest downsampling by 2, each level from the next larger one.
+
+    seg: (B, C, H, W) with H and W divisible by 2**(levels-1). Nearest resizing by exact powers of two picks pixel
+    (2**k * i, 2**k * j), so chaining gives the same numbers as resizing the full map each time, reading less."""
+    out = [seg]
+    for _ in range(levels - 1):
+        out.append(F.interpolate(out[-1], scale_factor=0.5, mode="nearest"))
+    return out[::-1]
 
 
 def build_oasis_generator(num_classes: int, **options) -> OASISGenerator:

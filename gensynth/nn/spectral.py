@@ -1,0 +1,135 @@
+"""Spectral normalisation of convolutions, computed where it is cheaper.
+
+:class:`SpectralConv2d` gives the results of ``torch.nn.utils.spectral_norm(nn.Conv2d(...))`` (the official
+OASIS/SPADE layers) with the same state-dict keys (``weight_orig``, ``bias``, ``weight_u``, ``weight_v``), the
+same initial ``u``/``v`` draws and the same per-call power iteration (one per forward in training mode, none in
+eval mode), but it does not always divide the weight by sigma:
+
+    conv(x, W / sigma) + b  ==  conv(x, W) / sigma + b
+
+The hook divides the whole weight on every call and differentiates through that division: several passes over
+the weight per forward and backward. For the deep, low-resolution layers of OASIS (a 1024x1024x3x3 weight = 9.4M
+numbers applied to a 4x4 map) the output is hundreds of times smaller than the weight, so this module scales the
+output instead whenever it has fewer elements than the weight (``scale="auto"``). Both forms are the same
+function; they differ only in floating-point rounding (relative ~1e-6 in fp32, see tests/test_spectral.py).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Scale = Literal["auto", "weight", "output"]
+
+
+class SpectralConv2d(nn.Module):
+    """A 2D convolution whose weight is divided by its largest singular value (estimated by power iteration).
+
+    x: (B, in_channels, H, W) -> (B, out_channels, H', W'). Parameters ``weight_orig`` (out, in/groups, kh, kw)
+    and ``bias`` (out,) or None; buffers ``weight_u`` (out,) and ``weight_v`` (in/groups*kh*kw,).
+    ``weight`` (read-only attribute) is the normalised weight W / sigma at the current u, v.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, *, eps: float = 1e-12, scale: Scale = "auto"):
+        super().__init__()
+        self._init_from(nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias),
+                        eps, scale)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, *, eps: float = 1e-12, scale: Scale = "auto") -> "SpectralConv2d":
+        """Wrap an existing ``nn.Conv2d`` (its weight and bias become ``weight_orig``/``bias``)."""
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"SpectralConv2d supports numeric zero padding only, got padding={conv.padding!r}, "
+                             f"padding_mode={conv.padding_mode!r}")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._init_from(conv, eps, scale)
+        return self
+
+    def _init_from(self, conv: nn.Conv2d, eps: float, scale: Scale) -> None:
+        if scale not in ("auto", "weight", "output"):
+            raise ValueError(f"scale must be 'auto', 'weight' or 'output', got {scale!r}")
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
+        self.dilation, self.groups = conv.dilation, conv.groups
+        self.eps, self.scale = eps, scale
+        weight = conv.weight
+        if conv.bias is not None:
+            self.bias = conv.bias
+        else:
+            self.register_parameter("bias", None)
+        self.weight_orig = weight
+        # the same draws, in the same order, as torch.nn.utils.spectral_norm: u ~ N(0, I_out), then v ~ N(0, I_rest)
+        with torch.no_grad():
+            h, w = weight.shape[0], weight[0].numel()
+            u = F.normalize(weight.new_empty(h).normal_(0, 1), dim=0, eps=eps)
+            v = F.normalize(weight.new_empty(w).normal_(0, 1), dim=0, eps=eps)
+        self.register_buffer("weight_u", u)
+        self.register_buffer("weight_v", v)
+
+    # ------------------------------------------------------------------------------------------
+    def _sigma(self, power_iteration: bool) -> Tensor:
+        """sigma = u^T W v (differentiable in W, u and v held constant), after one in-place power-iteration update.
+
+        torch's hook computes W v twice (once to update u, once for sigma); both products are the same numbers,
+        so here the one differentiable product serves both: bit-identical u, v and sigma with one weight pass
+        fewer per call."""
+        w = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
+        if not power_iteration:
+            return torch.dot(self.weight_u, torch.mv(w, self.weight_v))
+        with torch.no_grad():
+            v = F.normalize(torch.mv(w.t(), self.weight_u), dim=0, eps=self.eps, out=self.weight_v)
+        # autograd keeps its own copies: the next call updates the buffers in place
+        v = v.clone(memory_format=torch.contiguous_format)
+        wv = torch.mv(w, v)
+        with torch.no_grad():
+            u = F.normalize(wv, dim=0, eps=self.eps, out=self.weight_u)
+        return torch.dot(u.clone(memory_format=torch.contiguous_format), wv)
+
+    def __getattr__(self, name: str):
+        if name == "weight":
+            with torch.no_grad():
+                return self.weight_orig / self._sigma(power_iteration=False)
+        return super().__getattr__(name)
+
+    def output_numel(self, x: Tensor) -> int:
+        """Elements of the output for input ``x`` (B, C, H, W)."""
+        size = [x.shape[0], self.out_channels]
+        for i, n in enumerate(x.shape[-2:]):
+            k = self.dilation[i] * (self.kernel_size[i] - 1) + 1
+            size.append((n + 2 * self.padding[i] - k) // self.stride[i] + 1)
+        out = 1
+        for s in size:
+            out *= s
+        return out
+
+    def scales_output(self, x: Tensor) -> bool:
+        """True when this call divides the output rather than the weight by sigma."""
+        if self.scale != "auto":
+            return self.scale == "output"
+        return self.output_numel(x) < self.weight_orig.numel()
+
+    def forward(self, x: Tensor) -> Tensor:
+        sigma = self._sigma(power_iteration=self.training)
+        if not self.scales_output(x):
+            return F.conv2d(x, self.weight_orig / sigma, self.bias, self.stride, self.padding, self.dilation,
+                            self.groups)
+        out = F.conv2d(x, self.weight_orig, None, self.stride, self.padding, self.dilation, self.groups)
+        inv = torch.reciprocal(sigma).to(out.dtype)
+        if self.bias is None:
+            return out * inv
+        return torch.addcmul(self.bias.to(out.dtype).view(1, -1, 1, 1), out, inv)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"padding={self.padding}")
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s + f", scale={self.scale}"

@@ -1,0 +1,61 @@
+"""Speed options that do not change what is trained: optimiser kernels, memory format, TF32, per-device defaults.
+
+Every option here computes the same function as the plain PyTorch path, up to floating-point rounding
+(tests/test_speed_options.py checks each against the reference within a tolerance). ``auto`` picks, per device
+type, the setting measured fastest on that kind of device (benchmarks/README.md, "Speed options"):
+
+=================  =====================  ==========================================================
+option             CPU (measured here)    CUDA
+=================  =====================  ==========================================================
+optim.implementation  fused               fused (torch's fused Adam kernels)
+trainer.channels_last false               true (tensor-core convolutions prefer NHWC; not measured here)
+trainer.tf32          -                   false: full fp32 unless asked for (both matmul and cuDNN flags)
+=================  =====================  ==========================================================
+"""
+from __future__ import annotations
+
+from typing import Iterable, Literal
+
+import torch
+from torch import nn
+
+OptimImpl = Literal["auto", "fused", "foreach", "for-loop"]
+
+
+def resolve_optim_impl(impl: OptimImpl, device: torch.device) -> str:
+    """'auto' -> 'fused' on CPU and CUDA (torch >= 2.4 has fused Adam for both), 'for-loop' elsewhere."""
+    if impl != "auto":
+        return impl
+    return "fused" if device.type in ("cpu", "cuda") else "for-loop"
+
+
+def make_adam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float], impl: OptimImpl,
+              device: torch.device) -> torch.optim.Adam:
+    """torch.optim.Adam with the chosen kernel: 'fused' (one kernel over all tensors), 'foreach' (batched
+    per-op kernels) or 'for-loop' (one tensor at a time, what the official OASIS code ran)."""
+    chosen = resolve_optim_impl(impl, device)
+    kwargs = {"fused": True} if chosen == "fused" else {"foreach": chosen == "foreach"}
+    return torch.optim.Adam(list(params), lr=lr, betas=betas, **kwargs)
+
+
+def resolve_channels_last(setting: bool | Literal["auto"], device: torch.device) -> bool:
+    """'auto' -> True on CUDA, False on CPU (measured: NHWC was slower for OASIS on this CPU)."""
+    if setting == "auto":
+        return device.type == "cuda"
+    return bool(setting)
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """Store the 4D parameters and buffers of ``module`` channels-last (NHWC); results are unchanged."""
+    return module.to(memory_format=torch.channels_last)
+
+
+def set_tf32(device: torch.device, enabled: bool) -> None:
+    """Set TF32 for CUDA matmuls and cuDNN convolutions explicitly (no effect on CPU).
+
+    PyTorch's own defaults differ between the two (matmul off, cuDNN on); gensynth sets both to ``enabled``."""
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cudnn.benchmark = True

@@ -1,0 +1,108 @@
+"""SpectralConv2d computes torch.nn.utils.spectral_norm(nn.Conv2d) -- same keys, draws, power iteration, results."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import spectral_norm
+
+from gensynth.nn.spade import maybe_sn
+from gensynth.nn.spectral import SpectralConv2d
+
+
+def _pair(cin=6, cout=5, k=3, bias=True, scale="auto", seed=0):
+    torch.manual_seed(seed)
+    ref = spectral_norm(nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias))
+    torch.manual_seed(seed)
+    ours = SpectralConv2d.from_conv(nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias), scale=scale)
+    return ref, ours
+
+
+def test_same_keys_and_initial_draws_as_torch_hook():
+    ref, ours = _pair()
+    sr, so = ref.state_dict(), ours.state_dict()
+    assert list(so) == list(sr) == ["bias", "weight_orig", "weight_u", "weight_v"]
+    for k in sr:
+        assert torch.equal(sr[k], so[k]), k
+    x = torch.randn(1, 6, 4, 4)
+    ref(x), ours(x)  # the hook's ``weight`` is the raw weight until its first call
+    assert torch.allclose(ours.weight, ref.weight, rtol=1e-6, atol=0)
+    assert not torch.allclose(ours.weight, ours.weight_orig)
+
+
+@pytest.mark.parametrize("scale", ["weight", "output", "auto"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_training_calls_match_hook_outputs_buffers_and_gradients(scale, bias):
+    ref, ours = _pair(bias=bias, scale=scale)
+    torch.manual_seed(1)
+    xs = [torch.randn(2, 6, 4, 4) for _ in range(3)]
+    outs_r, outs_o = [], []
+    for x in xs:  # three calls: three power-iteration updates, as D on fake, real and the LabelMix mix
+        outs_r.append(ref(x.clone().requires_grad_()))
+        outs_o.append(ours(x.clone().requires_grad_()))
+        assert torch.equal(ours.weight_u, ref.weight_u) and torch.equal(ours.weight_v, ref.weight_v)
+    for a, b in zip(outs_r, outs_o):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    g = torch.randn(3, 2, 5, 4, 4)
+    sum((o * g[i]).sum() for i, o in enumerate(outs_r)).backward()
+    sum((o * g[i]).sum() for i, o in enumerate(outs_o)).backward()
+    assert torch.allclose(ours.weight_orig.grad, ref.weight_orig.grad, rtol=1e-4, atol=1e-6)
+    if bias:
+        assert torch.allclose(ours.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-6)
+    # the weight form is the very same computation as the hook
+    if scale == "weight":
+        assert all(torch.equal(a, b) for a, b in zip(outs_r, outs_o))
+
+
+def test_eval_mode_does_not_iterate_and_matches_hook():
+    ref, ours = _pair(scale="output")
+    x = torch.randn(1, 6, 3, 3)
+    ref(x), ours(x)  # one training-mode update
+    ref.eval(), ours.eval()
+    u = ours.weight_u.clone()
+    with torch.no_grad():
+        a, b = ref(x), ours(x)
+    assert torch.equal(ours.weight_u, u)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_loads_a_hook_state_dict_and_keeps_deepcopy_independent():
+    ref, _ = _pair(seed=3)
+    _, ours = _pair(seed=4)
+    ours.load_state_dict(ref.state_dict())
+    ref.eval(), ours.eval()
+    x = torch.randn(2, 6, 5, 5)
+    with torch.no_grad():
+        assert torch.allclose(ref(x), ours(x), rtol=1e-5, atol=1e-6)
+    twin = copy.deepcopy(ours)
+    twin.train()(x)
+    assert not torch.equal(twin.weight_u, ours.weight_u)  # the copy's power iteration left the original alone
+
+
+def test_auto_scales_the_smaller_of_output_and_weight():
+    deep = SpectralConv2d(512, 512, 3, padding=1)
+    assert deep.scales_output(torch.empty(1, 512, 4, 4))  # output 8k numbers, weight 2.4M
+    shallow = SpectralConv2d(3, 64, 3, padding=1)
+    assert not shallow.scales_output(torch.empty(1, 3, 64, 64))  # output 262k, weight 1.7k
+    strided = SpectralConv2d(8, 8, 4, stride=2, padding=1)
+    assert strided.output_numel(torch.empty(2, 8, 16, 16)) == 2 * 8 * 8 * 8
+
+
+def test_bf16_autocast_keeps_the_conv_dtype():
+    _, ours = _pair(scale="output")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(torch.randn(1, 6, 4, 4))
+    assert y.dtype == torch.bfloat16
+
+
+def test_maybe_sn_choices_and_bad_scale():
+    assert isinstance(maybe_sn(nn.Conv2d(2, 3, 3, padding=1), True), SpectralConv2d)
+    assert type(maybe_sn(nn.Conv2d(2, 3, 3), False)) is nn.Conv2d
+    lin = maybe_sn(nn.Linear(4, 1), True)  # other layers: torch's hook, same keys
+    assert {"weight_orig", "weight_u", "weight_v"} <= set(lin.state_dict())
+    reflect = maybe_sn(nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"), True)
+    assert not isinstance(reflect, SpectralConv2d) and "weight_orig" in reflect.state_dict()
+    with pytest.raises(ValueError, match="scale must be 'auto', 'weight' or 'output', got 'both'"):
+        SpectralConv2d(2, 3, 3, scale="both")

@@ -1,0 +1,156 @@
+"""Every speed option trains the same model as the plain path, within floating-point tolerance.
+
+Options (gensynth.train.speed, gensynth.nn.spectral, gensynth.train.ema): fused/foreach Adam, channels-last,
+foreach-lerp EMA, D frozen in the G step, spectral norm on outputs (tests/test_spectral.py), the label pyramid of
+the OASIS generator. Timings live in benchmarks/train_step.py, never here.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from conftest import tiny_overrides
+from gensynth.checkpoint import load_checkpoint
+from gensynth.config import resolve
+from gensynth.train.ema import EMA
+from gensynth.train.speed import make_adam, resolve_channels_last, resolve_optim_impl, set_tf32
+from gensynth.train.trainer import run_training
+
+
+def _train(tmp_path, cache, name, **extra):
+    cfg, prov = resolve(tiny_overrides(tmp_path / name, cache, **{"trainer.steps": 3, "trainer.checkpoint_every": 3,
+                                                                   "trainer.sample_every": 100, **extra}))
+    with open(os.devnull, "w") as devnull:
+        run_training(cfg, prov, console=Console(file=devnull))
+    ckpt = load_checkpoint(tmp_path / name)
+    return {k: ckpt.state(k) for k in ("generator", "discriminator", "generator_ema")}
+
+
+#: parameters whose gradient is exactly zero in theory (a bias followed by BatchNorm: the generator's ``fc`` and each
+#: block's ``conv_0``), and the BN running means that follow them. Adam turns their rounding-noise gradients into
+#: +-lr steps, so any change of rounding moves them by up to lr per step; nothing downstream depends on them.
+_NOISE_ONLY = re.compile(r"(^fc\.bias|^body\.\d+\.conv_0\.bias|running_mean)$")
+
+_ESTIMATES = re.compile(r"(weight_u|weight_v|running_var)$")
+
+
+def _assert_same_training(ref: dict, other: dict, atol: float, steps: int = 3, lr: float = 4e-4):
+    """Same keys; parameters within ``atol``; running estimates (spectral-norm u/v, BN variances) within 10x that;
+    the noise-only tensors within one Adam step (lr) per step."""
+    for part in ref:
+        assert ref[part].keys() == other[part].keys(), part
+        for k, a in ref[part].items():
+            b = other[part][k]
+            if not a.dtype.is_floating_point:
+                assert torch.equal(a, b), f"{part}.{k}"
+                continue
+            tol = steps * lr * 1.01 if _NOISE_ONLY.search(k) else 10 * atol if _ESTIMATES.search(k) else atol
+            assert torch.allclose(a, b, rtol=0, atol=tol), f"{part}.{k}: max diff {(a - b).abs().max():.2e}"
+
+
+@pytest.fixture(scope="module")
+def for_loop_run(tmp_path_factory, tiny_cache):
+    return _train(tmp_path_factory.mktemp("speed"), tiny_cache, "for-loop",
+                  **{"optim.implementation": "for-loop", "trainer.channels_last": False})
+
+
+@pytest.mark.parametrize("impl", ["fused", "foreach"])
+def test_adam_kernels_train_the_same(for_loop_run, tiny_cache, tmp_path, impl):
+    other = _train(tmp_path, tiny_cache, impl, **{"optim.implementation": impl, "trainer.channels_last": False})
+    _assert_same_training(for_loop_run, other, atol=1e-5)
+    # and the weights did move: the comparison is not between two untouched initialisations
+    init = _train(tmp_path, tiny_cache, "lr0", **{"optim.implementation": impl, "trainer.channels_last": False,
+                                                  "optim.lr_g": 1e-12, "optim.lr_d": 1e-12})
+    moved = (for_loop_run["discriminator"]["layer_up_last.weight"] - init["discriminator"]["layer_up_last.weight"])
+    assert moved.abs().max() > 1e-4
+
+
+def test_channels_last_trains_the_same(for_loop_run, tiny_cache, tmp_path):
+    other = _train(tmp_path, tiny_cache, "nhwc", **{"optim.implementation": "for-loop", "trainer.channels_last": True})
+    _assert_same_training(for_loop_run, other, atol=1e-5)
+
+
+def test_foreach_ema_is_the_official_blend():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ema = EMA(net, decay=0.9, warmup=False)
+    ref = copy.deepcopy(ema.module.state_dict())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    net.train()(torch.randn(2, 3, 5, 5))  # BN buffers move, num_batches_tracked counts
+    ema.update(net)
+    src = net.state_dict()
+    for k, v in ema.module.state_dict().items():
+        if v.dtype.is_floating_point:
+            assert torch.allclose(v, 0.9 * ref[k] + 0.1 * src[k], rtol=1e-6, atol=1e-7), k
+        else:
+            assert torch.equal(v, src[k]), k
+
+
+def test_frozen_d_gives_g_the_same_gradients():
+    from gensynth.build import build_discriminator, build_generator, build_method, resolve_parts
+    from gensynth.interfaces import Condition, one_hot
+
+    cfg, _ = resolve(tiny_overrides("unused", "unused"))
+    parts = resolve_parts(cfg)
+    torch.manual_seed(0)
+    G, D, method = build_generator(parts), build_discriminator(parts), build_method(parts)
+    n = parts.num_classes
+    cond = Condition(one_hot(torch.randint(0, n, (2, 32, 32)), n))
+    real = torch.rand(2, 3, 32, 32) * 2 - 1
+    grads = []
+    for freeze in (False, True):
+        G.zero_grad(set_to_none=True), D.zero_grad(set_to_none=True)
+        D.requires_grad_(not freeze)
+        torch.manual_seed(1)
+        g_state, d_state = copy.deepcopy(G.state_dict()), copy.deepcopy(D.state_dict())
+        sum(method.g_losses(G, D, real, cond).values()).backward()
+        grads.append({k: p.grad.clone() for k, p in G.named_parameters()})
+        assert all(p.grad is None for p in D.parameters()) == freeze
+        G.load_state_dict(g_state), D.load_state_dict(d_state)  # undo the power-iteration/BN buffer updates
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-8), k
+
+
+def test_per_device_defaults_and_explicit_choices():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_optim_impl("auto", cpu) == "fused" and resolve_optim_impl("auto", cuda) == "fused"
+    assert resolve_optim_impl("foreach", cpu) == "foreach"
+    assert resolve_channels_last("auto", cpu) is False and resolve_channels_last("auto", cuda) is True
+    assert resolve_channels_last(True, cpu) is True
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    assert make_adam(p, 1e-4, (0.0, 0.999), "auto", cpu).defaults["fused"] is True
+    loop = make_adam(p, 1e-4, (0.0, 0.999), "for-loop", cpu).defaults
+    assert not loop["fused"] and loop["foreach"] is False
+
+
+def test_tf32_is_set_explicitly_for_cuda_only():
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        set_tf32(torch.device("cpu"), False)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        set_tf32(torch.device("cuda"), False)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        set_tf32(torch.device("cuda"), True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
+
+
+def test_label_pyramid_equals_resizing_the_full_map():
+    from gensynth_oasis.generator import label_pyramid
+
+    seg = torch.randn(2, 5, 32, 64)
+    levels = label_pyramid(seg, 5)
+    assert [tuple(x.shape[-2:]) for x in levels] == [(2, 4), (4, 8), (8, 16), (16, 32), (32, 64)]
+    for x in levels:
+        assert torch.equal(x, F.interpolate(seg, size=x.shape[-2:], mode="nearest"))
