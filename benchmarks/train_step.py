@@ -67,7 +67,7 @@ class Variant:
     name: str
     sn: str = "auto"          # spectral-norm scaling: "weight" = torch's hook computation, "auto" = gensynth
     adam: str = "fused"       # fused | foreach | for-loop
-    freeze_d: bool = True     # D's weight gradients skipped in the G step
+    freeze_d: bool = True     # D's weight gradients skipped in the G step; gradients released after each step
     ema: str = "foreach"      # foreach | per-key (official update_EMA)
     precision: str = "fp32"   # fp32 | bf16
     channels_last: bool = False
@@ -79,7 +79,8 @@ LADDER = [
     OFFICIAL_SETTINGS,
     replace(OFFICIAL_SETTINGS, name="+ spectral norm on outputs", sn="auto"),
     replace(OFFICIAL_SETTINGS, name="+ fused Adam", sn="auto", adam="fused"),
-    replace(OFFICIAL_SETTINGS, name="+ D frozen in G step", sn="auto", adam="fused", freeze_d=True),
+    replace(OFFICIAL_SETTINGS, name="+ D frozen in G step, gradients released", sn="auto", adam="fused",
+            freeze_d=True),
     Variant("gensynth fp32 (default: + foreach EMA)"),
     Variant("gensynth bf16 autocast", precision="bf16"),
     Variant("gensynth fp32 channels-last", channels_last=True),
@@ -87,7 +88,28 @@ LADDER = [
 COMPILED = Variant("gensynth fp32 torch.compile", compile=True)
 
 
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def _rss_mb() -> float:
+    """Current resident set size (MB)."""
+    now = _proc_status_mb("VmRSS")
+    return now if now is not None else _peak_rss_mb()
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set size of this process (MB). Linux: VmHWM, which starts afresh at exec (ru_maxrss does not:
+    a child started by a big parent would report the parent's peak)."""
+    hwm = _proc_status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024 if sys.platform != "darwin" else r / 2 ** 20
 
@@ -170,12 +192,16 @@ class GensynthRun:
         sum(losses.values()).float().backward()
         self.D.requires_grad_(True)
         self.opt_g.step()
+        if v.freeze_d:  # gensynth: gradients released after each optimiser step (as the trainer)
+            self.opt_g.zero_grad(set_to_none=True)
         self.opt_d.zero_grad(set_to_none=True)
         with ctx:
             losses = self.method.d_losses(self.G_run, self.D_run, self.real, self.cond)
         self._record(losses)
         sum(losses.values()).float().backward()
         self.opt_d.step()
+        if v.freeze_d:
+            self.opt_d.zero_grad(set_to_none=True)
         if v.ema == "per-key":
             self._ema_per_key()
         else:
@@ -261,7 +287,7 @@ def _child(argv: list[str]) -> None:
     run = make_run(preset, config, a.batch, variant, torch.device(a.device), a.official)
     for _ in range(3):
         run.iteration()
-    print(f"PEAK_MB {_rss_mb() - base:.1f}")
+    print(f"PEAK_MB {_peak_rss_mb() - base:.1f}")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -38,10 +38,12 @@ def test_training_calls_match_hook_outputs_buffers_and_gradients(scale, bias):
     ref, ours = _pair(bias=bias, scale=scale)
     torch.manual_seed(1)
     xs = [torch.randn(2, 6, 4, 4) for _ in range(3)]
-    outs_r, outs_o = [], []
+    outs_r, outs_o, xr, xo = [], [], [], []
     for x in xs:  # three calls: three power-iteration updates, as D on fake, real and the LabelMix mix
-        outs_r.append(ref(x.clone().requires_grad_()))
-        outs_o.append(ours(x.clone().requires_grad_()))
+        xr.append(x.clone().requires_grad_())
+        xo.append(x.clone().requires_grad_())
+        outs_r.append(ref(xr[-1]))
+        outs_o.append(ours(xo[-1]))
         assert torch.equal(ours.weight_u, ref.weight_u) and torch.equal(ours.weight_v, ref.weight_v)
     for a, b in zip(outs_r, outs_o):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -49,11 +51,45 @@ def test_training_calls_match_hook_outputs_buffers_and_gradients(scale, bias):
     sum((o * g[i]).sum() for i, o in enumerate(outs_r)).backward()
     sum((o * g[i]).sum() for i, o in enumerate(outs_o)).backward()
     assert torch.allclose(ours.weight_orig.grad, ref.weight_orig.grad, rtol=1e-4, atol=1e-6)
+    for a, b in zip(xr, xo):
+        assert torch.allclose(b.grad, a.grad, rtol=1e-4, atol=1e-6)
     if bias:
         assert torch.allclose(ours.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-6)
     # the weight form is the very same computation as the hook
     if scale == "weight":
         assert all(torch.equal(a, b) for a, b in zip(outs_r, outs_o))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_output_scaled_backward_with_frozen_weights_and_channels_last(fused, monkeypatch):
+    monkeypatch.setattr(SpectralConv2d, "fused_backward", fused)
+    ref, ours = _pair(scale="output")
+    ref.to(memory_format=torch.channels_last), ours.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 6, 4, 4).contiguous(memory_format=torch.channels_last)
+    xr, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (ref(xr) ** 2).sum().backward()
+    (ours(xo) ** 2).sum().backward()
+    assert torch.allclose(ours.weight_orig.grad, ref.weight_orig.grad, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(xo.grad, xr.grad, rtol=1e-4, atol=1e-6)
+    ours.requires_grad_(False), ref.requires_grad_(False)  # D frozen in the G step: only the input gradient
+    xr.grad = xo.grad = None
+    (ref(xr) ** 2).sum().backward()
+    (ours(xo) ** 2).sum().backward()
+    assert torch.allclose(xo.grad, xr.grad, rtol=1e-4, atol=1e-6) and ours.weight_orig.grad is not None
+
+
+def test_fused_backward_refuses_a_graph_and_the_plain_path_gives_one(monkeypatch):
+    ref, ours = _pair(scale="output")
+    x = torch.randn(1, 6, 4, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="first-order only.*fused_backward = False"):
+        torch.autograd.grad(ours(x).square().sum(), x, create_graph=True)
+    ref(x)  # the same number of power-iteration updates
+    monkeypatch.setattr(SpectralConv2d, "fused_backward", False)  # e.g. an R1 penalty: second order works
+    (g,) = torch.autograd.grad(ours(x).square().sum(), x, create_graph=True)
+    (gr,) = torch.autograd.grad(ref(x).square().sum(), x, create_graph=True)
+    g.square().sum().backward()
+    gr.square().sum().backward()
+    assert torch.allclose(ours.weight_orig.grad, ref.weight_orig.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_eval_mode_does_not_iterate_and_matches_hook():
@@ -90,11 +126,35 @@ def test_auto_scales_the_smaller_of_output_and_weight():
     assert strided.output_numel(torch.empty(2, 8, 16, 16)) == 2 * 8 * 8 * 8
 
 
-def test_bf16_autocast_keeps_the_conv_dtype():
-    _, ours = _pair(scale="output")
+@pytest.mark.parametrize("scale", ["weight", "output"])
+def test_autocast_runs_weight_bound_calls_in_fp32_and_the_rest_in_bf16(scale):
+    ref, ours = _pair(scale=scale)
+    small, large = torch.randn(1, 6, 4, 4), torch.randn(2, 6, 16, 16)  # output 80 < weight 270 < output 2560
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = ours(torch.randn(1, 6, 4, 4))
-    assert y.dtype == torch.bfloat16
+        y_small, y_large = ours(small), ours(large)
+        r_small, _ = ref(small), ref(large)  # the same number of power-iteration updates
+    assert y_large.dtype == torch.bfloat16 and y_small.dtype == torch.float32
+    assert r_small.dtype == torch.bfloat16  # torch's hook: everything in bf16
+    ref.eval(), ours.eval()
+    with torch.no_grad():
+        assert torch.allclose(ours(small), ref(small), rtol=1e-5, atol=1e-6)  # the fp32 result, as without autocast
+
+
+def test_plain_conv_keeps_nn_conv2d_results_and_keys():
+    from gensynth.nn.conv import Conv2d
+
+    torch.manual_seed(0)
+    plain = nn.Conv2d(8, 4, 3, padding=1)
+    ours = Conv2d(8, 4, 3, padding=1)
+    ours.load_state_dict(plain.state_dict())
+    assert isinstance(ours, nn.Conv2d) and list(ours.state_dict()) == ["weight", "bias"]
+    small, large = torch.randn(1, 8, 2, 2), torch.randn(2, 8, 16, 16)  # outputs 16 and 2048 vs weight 288
+    assert torch.equal(ours(large), plain(large))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(small).dtype == torch.float32 and ours(large).dtype == torch.bfloat16
+        got = ours(small)
+        with torch.autocast("cpu", enabled=False):
+            assert torch.equal(got, plain(small))
 
 
 def test_maybe_sn_choices_and_bad_scale():

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import spectral_norm
 
+from gensynth.nn.conv import Conv2d
 from gensynth.nn.spectral import SpectralConv2d
 
 
@@ -47,9 +48,9 @@ class SPADE(nn.Module):
         super().__init__()
         self.first_norm = param_free_norm(norm, norm_nc)
         pad = kernel_size // 2
-        self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden, kernel_size, padding=pad), nn.ReLU())
-        self.mlp_gamma = nn.Conv2d(hidden, norm_nc, kernel_size, padding=pad)
-        self.mlp_beta = nn.Conv2d(hidden, norm_nc, kernel_size, padding=pad)
+        self.mlp_shared = nn.Sequential(Conv2d(label_nc, hidden, kernel_size, padding=pad), nn.ReLU())
+        self.mlp_gamma = Conv2d(hidden, norm_nc, kernel_size, padding=pad)
+        self.mlp_beta = Conv2d(hidden, norm_nc, kernel_size, padding=pad)
 
     def forward(self, x: Tensor, seg: Tensor) -> Tensor:
         normalized = self.first_norm(x)

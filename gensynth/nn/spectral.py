@@ -12,6 +12,10 @@ the weight per forward and backward. For the deep, low-resolution layers of OASI
 numbers applied to a 4x4 map) the output is hundreds of times smaller than the weight, so this module scales the
 output instead whenever it has fewer elements than the weight (``scale="auto"``). Both forms are the same
 function; they differ only in floating-point rounding (relative ~1e-6 in fp32, see tests/test_spectral.py).
+
+Under autocast, a layer whose output is smaller than its weight is bound by reading the weight, not by
+arithmetic: casting the weight to bf16/fp16 and back (and the low-precision weight gradient) costs more than the
+convolution saves, so such calls run in fp32 (:func:`gensynth.nn.conv.weight_bound`); compute-bound layers run in low precision.
 """
 from __future__ import annotations
 
@@ -21,7 +25,50 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gensynth.nn.conv import autocast_active, conv_output_numel, weight_bound
+
 Scale = Literal["auto", "weight", "output"]
+
+
+class _OutputScaledConv(torch.autograd.Function):
+    """conv(x, W) / sigma + b for a given sigma = u^T W v (u, v constants), differentiable in x, W and b.
+
+    The backward adds sigma's rank-1 weight gradient ``g_sigma * u v^T`` in place (``addr_``) into the
+    convolution's weight gradient instead of materialising it and summing two weight-sized tensors (what
+    autograd does through ``dot(u, mv(W, v))``). First-order only: a double backward raises."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, u, v, sigma, stride, padding, dilation, groups):
+        y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+        inv = torch.reciprocal(sigma)
+        out = y * inv if bias is None else torch.addcmul(bias.view(1, -1, 1, 1), y, inv)
+        ctx.save_for_backward(x, weight, u, v, y, sigma)
+        ctx.conf = (stride, padding, dilation, groups)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise RuntimeError("SpectralConv2d's fused backward is first-order only, and this backward was asked for "
+                               "a graph (create_graph=True, e.g. a gradient penalty); set "
+                               "gensynth.nn.spectral.SpectralConv2d.fused_backward = False for such models")
+        x, weight, u, v, y, sigma = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gx = gw = gb = None
+        if need_x or need_w:
+            gx, gw, _ = torch.ops.aten.convolution_backward(
+                grad / sigma, x, weight, None, stride, padding, dilation, False, [0, 0], groups,
+                [need_x, need_w, False])
+        if need_w:  # d(y / sigma) / d sigma = -y / sigma^2, d sigma / dW = u v^T
+            g_sigma = -(grad * y).sum() / (sigma * sigma)
+            if gw.is_contiguous():
+                gw.view(gw.shape[0], -1).addr_(u * g_sigma, v)
+            else:
+                gw = gw + torch.outer(u * g_sigma, v).view_as(gw)
+        if need_b:
+            gb = grad.sum(dim=(0, 2, 3))
+        return gx, gw, gb, None, None, None, None, None, None, None
 
 
 class SpectralConv2d(nn.Module):
@@ -31,6 +78,9 @@ class SpectralConv2d(nn.Module):
     and ``bias`` (out,) or None; buffers ``weight_u`` (out,) and ``weight_v`` (in/groups*kh*kw,).
     ``weight`` (read-only attribute) is the normalised weight W / sigma at the current u, v.
     """
+
+    #: output-scaled calls use :class:`_OutputScaledConv` (in-place rank-1 gradient); False = plain autograd
+    fused_backward: bool = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, *, eps: float = 1e-12, scale: Scale = "auto"):
@@ -89,6 +139,19 @@ class SpectralConv2d(nn.Module):
             u = F.normalize(wv, dim=0, eps=self.eps, out=self.weight_u)
         return torch.dot(u.clone(memory_format=torch.contiguous_format), wv)
 
+    @torch.no_grad()
+    def _constants(self, power_iteration: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """(u, v, sigma) as constants (copies), after the same update as :meth:`_sigma` when ``power_iteration``."""
+        w = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
+        u, v = self.weight_u, self.weight_v
+        if power_iteration:
+            v = F.normalize(torch.mv(w.t(), u), dim=0, eps=self.eps, out=v)
+            wv = torch.mv(w, v)
+            u = F.normalize(wv, dim=0, eps=self.eps, out=u)
+        else:
+            wv = torch.mv(w, v)
+        return u.clone(), v.clone(), torch.dot(u, wv)
+
     def __getattr__(self, name: str):
         if name == "weight":
             with torch.no_grad():
@@ -97,22 +160,27 @@ class SpectralConv2d(nn.Module):
 
     def output_numel(self, x: Tensor) -> int:
         """Elements of the output for input ``x`` (B, C, H, W)."""
-        size = [x.shape[0], self.out_channels]
-        for i, n in enumerate(x.shape[-2:]):
-            k = self.dilation[i] * (self.kernel_size[i] - 1) + 1
-            size.append((n + 2 * self.padding[i] - k) // self.stride[i] + 1)
-        out = 1
-        for s in size:
-            out *= s
-        return out
+        return conv_output_numel(x, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation)
 
     def scales_output(self, x: Tensor) -> bool:
         """True when this call divides the output rather than the weight by sigma."""
         if self.scale != "auto":
             return self.scale == "output"
-        return self.output_numel(x) < self.weight_orig.numel()
+        return weight_bound(x, self.weight_orig, self.output_numel(x))
 
     def forward(self, x: Tensor) -> Tensor:
+        if autocast_active(x) and weight_bound(x, self.weight_orig, self.output_numel(x)):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._forward(x.float())
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        if (self.fused_backward and self.scales_output(x) and torch.is_grad_enabled()
+                and x.dtype == self.weight_orig.dtype
+                and not autocast_active(x)):
+            u, v, sigma = self._constants(power_iteration=self.training)
+            return _OutputScaledConv.apply(x, self.weight_orig, self.bias, u, v, sigma, self.stride, self.padding,
+                                           self.dilation, self.groups)
         sigma = self._sigma(power_iteration=self.training)
         if not self.scales_output(x):
             return F.conv2d(x, self.weight_orig / sigma, self.bias, self.stride, self.padding, self.dilation,

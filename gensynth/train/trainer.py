@@ -342,10 +342,11 @@ class Trainer:
         for p in self._d_trainable:
             p.requires_grad_(True)
         self._optim_step(self.opt_g, self.scaler_g, self.G.parameters())
+        self.opt_g.zero_grad(set_to_none=True)  # G's gradients are not held through the D step (memory)
         # --- D step, same batch
-        self.opt_d.zero_grad(set_to_none=True)
         self._accumulate(self.method.d_losses, self.D_train, self.scaler_d, micros)
         self._optim_step(self.opt_d, self.scaler_d, self.D.parameters())
+        self.opt_d.zero_grad(set_to_none=True)  # nor D's through the next G step
         if self.ema is not None:
             self.ema.update(self.G)
         self.sched_g.step()

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from gensynth.errors import ConfigError
 from gensynth.interfaces import Condition, Generator, GeneratorOutput, NoiseKind, as_condition
+from gensynth.nn.conv import Conv2d
 from gensynth.nn.spade import SPADEResBlock, init_xavier
 
 # width multipliers of the official 6-block generator, input side first (times ``channels``)
@@ -75,7 +76,7 @@ class OASISGenerator(Generator):
         self.wants_sync_bn = opt.norm == "syncbatch"
         self.widths = generator_widths(opt.channels, opt.num_res_blocks)
         in_nc = self.num_classes + self.z_dim
-        self.fc = nn.Conv2d(in_nc, self.widths[0], 3, padding=1)
+        self.fc = Conv2d(in_nc, self.widths[0], 3, padding=1)  # nn.Conv2d, fp32 when weight-bound
         self.body = nn.ModuleList(
             SPADEResBlock(self.widths[i], self.widths[i + 1], in_nc, spectral=opt.spectral, norm=opt.norm,
                           hidden=opt.spade_hidden, kernel_size=opt.spade_ks)
