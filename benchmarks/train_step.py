@@ -8,8 +8,9 @@ process, and the peak memory. Reference runs in the same process:
 * ``official code``: the official OASIS implementation, when ``--official PATH`` points at a checkout
   (see benchmarks/official_oasis.py; OASIS preset only);
 * ``gensynth, official settings``: gensynth's model with every speed option off -- spectral norm dividing the
-  weight (torch's hook computation), for-loop Adam, D's weight gradients computed in the G step, per-key EMA --
-  the same computation as the official code; then the options switched on one by one (each row's ratio is against
+  weight (torch's hook computation), for-loop Adam, D's weight gradients computed in the G step, per-key EMA,
+  dense convolutions of the [noise ; one-hot] label map -- the same computation as the official code; then the
+  options switched on one by one (each row's ratio is against
   the row of the official code when measured, else against ``gensynth, official settings``).
 
     OMP_NUM_THREADS=2 python benchmarks/train_step.py                                     # CPU sizes, both presets
@@ -72,16 +73,19 @@ class Variant:
     precision: str = "fp32"   # fp32 | bf16
     channels_last: bool = False
     compile: bool = False
+    factored: bool = True     # label convolutions on the factored [noise ; one-hot] map (gensynth.nn.label_conv)
 
 
-OFFICIAL_SETTINGS = Variant("gensynth, official settings", sn="weight", adam="for-loop", freeze_d=False, ema="per-key")
+OFFICIAL_SETTINGS = Variant("gensynth, official settings", sn="weight", adam="for-loop", freeze_d=False, ema="per-key",
+                            factored=False)
 LADDER = [
     OFFICIAL_SETTINGS,
     replace(OFFICIAL_SETTINGS, name="+ spectral norm on outputs", sn="auto"),
     replace(OFFICIAL_SETTINGS, name="+ fused Adam", sn="auto", adam="fused"),
     replace(OFFICIAL_SETTINGS, name="+ D frozen in G step, gradients released", sn="auto", adam="fused",
             freeze_d=True),
-    Variant("gensynth fp32 (default: + foreach EMA)"),
+    replace(OFFICIAL_SETTINGS, name="+ foreach EMA", sn="auto", adam="fused", freeze_d=True, ema="foreach"),
+    Variant("gensynth fp32 (default: + label convs without zeros)"),
     Variant("gensynth bf16 autocast", precision="bf16"),
     Variant("gensynth fp32 channels-last", channels_last=True),
 ]
@@ -143,6 +147,8 @@ class GensynthRun:
             for m in (*self.G.modules(), *self.D.modules()):
                 if isinstance(m, SpectralConv2d):
                     m.scale = variant.sn
+        if hasattr(self.G, "factored_labels"):
+            self.G.factored_labels = variant.factored
         if variant.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
@@ -156,7 +162,8 @@ class GensynthRun:
         g = torch.Generator().manual_seed(seed)
         self.ids = torch.randint(0, n, (batch, *size), generator=g)
         self.real = (torch.rand(batch, 3, *size, generator=g) * 2 - 1).to(device)
-        self.cond = Condition(one_hot(self.ids.to(device), n))
+        ids = self.ids.to(device)
+        self.cond = Condition(one_hot(ids, n), ids=ids)  # as the trainer's data loader builds it
         if variant.channels_last:
             self.real = self.real.contiguous(memory_format=torch.channels_last)
             self.cond = self.cond.to_memory_format(torch.channels_last)

@@ -29,41 +29,45 @@ class Condition:
     labels: (B, N, H, W) one-hot float.
     instance_edges: (B, 1, H, W) in {0, 1}, or None when the dataset has no instance maps.
     style_image: (B, 3, H, W) in [-1, 1] for style-guided generators (SPADE's VAE encoder), or None.
+    ids: (B, H, W) int64 with ``labels == one_hot(ids)``, or None. Set by whoever builds the one-hot labels
+    from ids (the data loader, the generate API); generators use it to skip multiplications by the zeros of
+    the one-hot map (:mod:`gensynth.nn.label_conv`). Leave it None when labels are not exactly one-hot.
     """
 
     labels: Tensor
     instance_edges: Tensor | None = None
     style_image: Tensor | None = None
+    ids: Tensor | None = None
 
     @property
     def label_ids(self) -> Tensor:
-        """(B, H, W) int64 argmax of the one-hot labels."""
-        return self.labels.argmax(dim=1)
+        """(B, H, W) int64 argmax of the one-hot labels (``ids`` when known)."""
+        return self.ids if self.ids is not None else self.labels.argmax(dim=1)
 
     @property
     def num_classes(self) -> int:
         return self.labels.shape[1]
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Condition":
-        def move(t):
-            if t is None:
-                return None
-            return t.to(device=device, dtype=dtype or t.dtype, non_blocking=True)
+    def _map(self, fn) -> "Condition":
+        def f(t):
+            return None if t is None else fn(t)
 
-        return Condition(move(self.labels), move(self.instance_edges), move(self.style_image))
+        return Condition(f(self.labels), f(self.instance_edges), f(self.style_image), f(self.ids))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Condition":
+        """On ``device``; floating tensors cast to ``dtype`` when given (ids stay int64)."""
+        def move(t):
+            cast = dtype if dtype is not None and t.dtype.is_floating_point else t.dtype
+            return t.to(device=device, dtype=cast, non_blocking=True)
+
+        return self._map(move)
 
     def to_memory_format(self, memory_format: torch.memory_format) -> "Condition":
         """The same condition with its 4D tensors laid out as ``memory_format`` (e.g. channels-last)."""
-        def lay(t):
-            return None if t is None else t.contiguous(memory_format=memory_format)
-
-        return Condition(lay(self.labels), lay(self.instance_edges), lay(self.style_image))
+        return self._map(lambda t: t.contiguous(memory_format=memory_format) if t.dim() == 4 else t)
 
     def __getitem__(self, idx) -> "Condition":
-        def pick(t):
-            return None if t is None else t[idx]
-
-        return Condition(pick(self.labels), pick(self.instance_edges), pick(self.style_image))
+        return self._map(lambda t: t[idx])
 
 
 def as_condition(cond: Condition | Tensor) -> Condition:

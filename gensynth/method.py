@@ -27,7 +27,9 @@ def _cat_cond(a: Condition, b: Condition) -> Condition:
     def cat(x, y):
         return None if x is None else torch.cat([x, y], dim=0)
 
-    return Condition(cat(a.labels, b.labels), cat(a.instance_edges, b.instance_edges), cat(a.style_image, b.style_image))
+    ids = cat(a.ids, b.ids) if a.ids is not None and b.ids is not None else None
+    return Condition(cat(a.labels, b.labels), cat(a.instance_edges, b.instance_edges), cat(a.style_image, b.style_image),
+                     ids)
 
 
 def run_d_pair(D, fake: Tensor, real: Tensor, cond: Condition, want_real: bool = True

@@ -154,3 +154,11 @@ def test_label_pyramid_equals_resizing_the_full_map():
     assert [tuple(x.shape[-2:]) for x in levels] == [(2, 4), (4, 8), (8, 16), (16, 32), (32, 64)]
     for x in levels:
         assert torch.equal(x, F.interpolate(seg, size=x.shape[-2:], mode="nearest"))
+
+
+def test_compiled_models_train_the_same(for_loop_run, tiny_cache, tmp_path):
+    """trainer.compile (torch.compile of G and D, inductor on the CPU) against the eager run."""
+    pytest.importorskip("torch._inductor")
+    other = _train(tmp_path, tiny_cache, "compiled", **{"optim.implementation": "for-loop",
+                                                        "trainer.channels_last": False, "trainer.compile": True})
+    _assert_same_training(for_loop_run, other, atol=1e-5)

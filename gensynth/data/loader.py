@@ -381,4 +381,4 @@ def to_condition(batch: Batch, num_classes: int, device, *, with_edges: bool = F
     edges = None
     if with_edges and batch.instance is not None:
         edges = instance_edges(batch.instance.to(device, non_blocking=True))
-    return image, Condition(labels=labels, instance_edges=edges)
+    return image, Condition(labels=labels, instance_edges=edges, ids=ids)

@@ -134,7 +134,7 @@ class Synthesizer:
         edges = None
         if getattr(self.generator, "uses_instance_edges", False):
             edges = torch.zeros(ids.shape[0], 1, *ids.shape[-2:], device=self.device)  # no instance maps given
-        return Condition(labels=labels, instance_edges=edges)
+        return Condition(labels=labels, instance_edges=edges, ids=ids)
 
     def _rng(self, seed: int | None) -> torch.Generator:
         g = torch.Generator(device="cpu")

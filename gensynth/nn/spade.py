@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn.utils import spectral_norm
 
 from gensynth.nn.conv import Conv2d
+from gensynth.nn.label_conv import SegInput, seg_conv2d
 from gensynth.nn.spectral import SpectralConv2d
 
 
@@ -36,10 +37,20 @@ def param_free_norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"param-free norm must be 'batch', 'syncbatch' or 'instance', got {kind!r}")
 
 
+def resize_seg(seg: Tensor | SegInput, size) -> Tensor | SegInput:
+    """``seg`` (B, C, h, w) resized to ``size`` with nearest interpolation (unchanged when it already fits)."""
+    if tuple(seg.shape[-2:]) == tuple(size):
+        return seg
+    if isinstance(seg, SegInput):
+        return seg.resized(tuple(size))
+    return F.interpolate(seg, size=size, mode="nearest")
+
+
 class SPADE(nn.Module):
     """out = norm(x) * (1 + gamma(seg)) + beta(seg).
 
-    x: (B, C, H, W); seg: (B, label_nc, h, w), resized to (H, W) with nearest interpolation.
+    x: (B, C, H, W); seg: (B, label_nc, h, w) or a :class:`~gensynth.nn.label_conv.SegInput`, resized to (H, W)
+    with nearest interpolation.
     Submodule names follow the official OASIS code: ``first_norm``, ``mlp_shared.0``, ``mlp_gamma``,
     ``mlp_beta``.
     """
@@ -52,11 +63,13 @@ class SPADE(nn.Module):
         self.mlp_gamma = Conv2d(hidden, norm_nc, kernel_size, padding=pad)
         self.mlp_beta = Conv2d(hidden, norm_nc, kernel_size, padding=pad)
 
-    def forward(self, x: Tensor, seg: Tensor) -> Tensor:
+    def forward(self, x: Tensor, seg: Tensor | SegInput) -> Tensor:
         normalized = self.first_norm(x)
-        if seg.shape[-2:] != x.shape[-2:]:
-            seg = F.interpolate(seg, size=x.shape[-2:], mode="nearest")
-        actv = self.mlp_shared(seg)
+        seg = resize_seg(seg, x.shape[-2:])
+        if isinstance(seg, SegInput):  # [noise ; one-hot labels] kept factored: no multiplications by zeros
+            actv = self.mlp_shared[1](seg_conv2d(self.mlp_shared[0], seg))
+        else:
+            actv = self.mlp_shared(seg)
         return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
 
 
@@ -81,9 +94,8 @@ class SPADEResBlock(nn.Module):
         if self.learned_shortcut:
             self.norm_s = SPADE(fin, label_nc, hidden, kernel_size, norm)
 
-    def forward(self, x: Tensor, seg: Tensor) -> Tensor:
-        if seg.shape[-2:] != x.shape[-2:]:  # once for the block's two or three SPADE layers
-            seg = F.interpolate(seg, size=x.shape[-2:], mode="nearest")
+    def forward(self, x: Tensor, seg: Tensor | SegInput) -> Tensor:
+        seg = resize_seg(seg, x.shape[-2:])  # once for the block's two or three SPADE layers
         x_s = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
         dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
         dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))

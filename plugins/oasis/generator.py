@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from gensynth.errors import ConfigError
 from gensynth.interfaces import Condition, Generator, GeneratorOutput, NoiseKind, as_condition
 from gensynth.nn.conv import Conv2d
-from gensynth.nn.spade import SPADEResBlock, init_xavier
+from gensynth.nn.label_conv import SegInput, seg_conv2d
+from gensynth.nn.spade import SPADEResBlock, init_xavier, resize_seg
 
 # width multipliers of the official 6-block generator, input side first (times ``channels``)
 OFFICIAL_MULTIPLIERS = (16, 16, 16, 8, 4, 2, 1)
@@ -73,6 +74,8 @@ class OASISGenerator(Generator):
         if not opt.use_3d_noise:
             self.noise = NoiseKind.NONE
         self.num_res_blocks = opt.num_res_blocks
+        #: use ``cond.ids`` to convolve the factored [noise ; one-hot] map (same function, no zero products)
+        self.factored_labels = True
         self.wants_sync_bn = opt.norm == "syncbatch"
         self.widths = generator_widths(opt.channels, opt.num_res_blocks)
         in_nc = self.num_classes + self.z_dim
@@ -114,17 +117,21 @@ class OASISGenerator(Generator):
         return z
 
     def forward(self, cond: Condition | Tensor, z: Tensor | None = None) -> GeneratorOutput:
-        labels = as_condition(cond).labels
+        cond = as_condition(cond)
+        labels = cond.labels
         if labels.shape[1] != self.num_classes:
             raise ValueError(f"the oasis generator was built for {self.num_classes} classes, "
                              f"got labels with {labels.shape[1]} channels")
         labels = labels.to(self.fc.weight.dtype) if labels.dtype != self.fc.weight.dtype else labels
         b, _, h, w = labels.shape
         h0, w0 = self.start_size(h, w)
-        zmap = self.noise_map(z, b, (h, w), labels)
-        seg = labels if zmap is None else torch.cat([zmap, labels], dim=1)
+        if cond.ids is not None and self.factored_labels:
+            seg = SegInput(cond.ids, self.num_classes, self.noise_vector(z, b, (h, w), labels))
+        else:
+            zmap = self.noise_map(z, b, (h, w), labels)
+            seg = labels if zmap is None else torch.cat([zmap, labels], dim=1)
         segs = label_pyramid(seg, len(self.body))  # segs[i]: the labels at block i's resolution
-        x = self.fc(segs[0])
+        x = seg_conv2d(self.fc, segs[0]) if isinstance(seg, SegInput) else self.fc(segs[0])
         last = len(self.body) - 1
         for i, block in enumerate(self.body):
             x = block(x, segs[i])
@@ -133,15 +140,29 @@ class OASISGenerator(Generator):
         image = torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))
         return GeneratorOutput(image=image)
 
+    def noise_vector(self, z: Tensor | None, batch: int, size: tuple[int, int], like: Tensor) -> Tensor | None:
+        """The noise of a factored label map: (B, z_dim) as given or sampled (the same draws as
+        :meth:`noise_map`), or spatial noise (B, z_dim, H, W) resized to ``size``; None without 3D noise."""
+        if not self.use_3d_noise or (z is not None and z.dim() == 4):
+            return self.noise_map(z, batch, size, like)
+        if z is None:
+            z = torch.randn(batch, self.z_dim, device=like.device, dtype=like.dtype)
+        if z.shape != (batch, self.z_dim):
+            raise ValueError(f"z must be ({batch}, {self.z_dim}) or ({batch}, {self.z_dim}, H, W), "
+                             f"got {tuple(z.shape)}")
+        return z.to(device=like.device, dtype=like.dtype)
 
-def label_pyramid(seg: Tensor, levels: int) -> list[Tensor]:
+
+def label_pyramid(seg: Tensor | SegInput, levels: int) -> list[Tensor | SegInput]:
     """[seg / 2**(levels-1), ..., seg / 2, seg]: nearest downsampling by 2, each level from the next larger one.
 
-    seg: (B, C, H, W) with H and W divisible by 2**(levels-1). Nearest resizing by exact powers of two picks pixel
-    (2**k * i, 2**k * j), so chaining gives the same numbers as resizing the full map each time, reading less."""
+    seg: (B, C, H, W) (or a factored SegInput) with H and W divisible by 2**(levels-1). Nearest resizing by exact
+    powers of two picks pixel (2**k * i, 2**k * j), so chaining gives the same numbers as resizing the full map
+    each time, reading less."""
     out = [seg]
     for _ in range(levels - 1):
-        out.append(F.interpolate(out[-1], scale_factor=0.5, mode="nearest"))
+        h, w = out[-1].shape[-2:]
+        out.append(resize_seg(out[-1], (h // 2, w // 2)))
     return out[::-1]
 
 

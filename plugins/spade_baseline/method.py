@@ -14,7 +14,7 @@ from gensynth.method import AdversarialMethod, unwrap
 def with_style(G, real: Tensor, cond: Condition) -> Condition:
     """cond with ``style_image = real`` when G declares ``uses_style_image`` and none is set."""
     if getattr(unwrap(G), "uses_style_image", False) and cond.style_image is None:
-        return Condition(cond.labels, cond.instance_edges, real)
+        return Condition(cond.labels, cond.instance_edges, real, cond.ids)
     return cond
 
 
