@@ -89,6 +89,7 @@ class TrainerConfig(Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
     init_from: Optional[str] = Field(None, description="checkpoint to initialise from (fine-tuning)")
     compile: bool = False
+    compile_backend: str = Field("inductor", description="torch.compile backend when trainer.compile is on")
     channels_last: Union[bool, Literal["auto"]] = Field(
         "auto", description="NHWC memory format for models and batches; auto = on for CUDA, off for CPU")
     tf32: bool = Field(False, description="CUDA only: TF32 matmuls and convolutions (faster on Ampere+, not fp32 "

@@ -122,35 +122,56 @@ class SpectralConv2d(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def _sigma(self, power_iteration: bool) -> Tensor:
-        """sigma = u^T W v (differentiable in W, u and v held constant), after one in-place power-iteration update.
+        """sigma = u^T W v (differentiable in W, u and v held constant), after one power-iteration update of u, v.
 
         torch's hook computes W v twice (once to update u, once for sigma); both products are the same numbers,
         so here the one differentiable product serves both: bit-identical u, v and sigma with one weight pass
-        fewer per call."""
+        fewer per call. The buffers receive copies of the new u, v; autograd only sees fresh tensors (so later
+        in-place updates of the buffers, e.g. by the next call before this backward, never invalidate it)."""
         w = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
         if not power_iteration:
             return torch.dot(self.weight_u, torch.mv(w, self.weight_v))
+        if torch.compiler.is_compiling():
+            u, v = self._power_iteration_eager()
+            return torch.dot(u, torch.mv(w, v))
         with torch.no_grad():
-            v = F.normalize(torch.mv(w.t(), self.weight_u), dim=0, eps=self.eps, out=self.weight_v)
-        # autograd keeps its own copies: the next call updates the buffers in place
-        v = v.clone(memory_format=torch.contiguous_format)
+            v = F.normalize(torch.mv(w.t(), self.weight_u), dim=0, eps=self.eps)
+            self.weight_v.copy_(v)
         wv = torch.mv(w, v)
         with torch.no_grad():
-            u = F.normalize(wv, dim=0, eps=self.eps, out=self.weight_u)
-        return torch.dot(u.clone(memory_format=torch.contiguous_format), wv)
+            u = F.normalize(wv, dim=0, eps=self.eps)
+            self.weight_u.copy_(u)
+        return torch.dot(u, wv)
 
     @torch.no_grad()
     def _constants(self, power_iteration: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """(u, v, sigma) as constants (copies), after the same update as :meth:`_sigma` when ``power_iteration``."""
+        """(u, v, sigma) as fresh constants, after the same update as :meth:`_sigma` when ``power_iteration``."""
         w = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
-        u, v = self.weight_u, self.weight_v
-        if power_iteration:
-            v = F.normalize(torch.mv(w.t(), u), dim=0, eps=self.eps, out=v)
-            wv = torch.mv(w, v)
-            u = F.normalize(wv, dim=0, eps=self.eps, out=u)
-        else:
-            wv = torch.mv(w, v)
-        return u.clone(), v.clone(), torch.dot(u, wv)
+        if not power_iteration:
+            u, v = self.weight_u.clone(), self.weight_v.clone()
+            return u, v, torch.dot(u, torch.mv(w, v))
+        if torch.compiler.is_compiling():
+            u, v = self._power_iteration_eager()
+            return u, v, torch.dot(u, torch.mv(w, v))
+        v = F.normalize(torch.mv(w.t(), self.weight_u), dim=0, eps=self.eps)
+        self.weight_v.copy_(v)
+        wv = torch.mv(w, v)
+        u = F.normalize(wv, dim=0, eps=self.eps)
+        self.weight_u.copy_(u)
+        return u, v, torch.dot(u, wv)
+
+    @torch.compiler.disable
+    @torch.no_grad()
+    def _power_iteration_eager(self) -> tuple[Tensor, Tensor]:
+        """The power-iteration update outside any compiled graph (a graph break under torch.compile): inductor
+        otherwise lets the saved u, v alias the buffers they are copied into, which the next call (D runs three
+        times before its backward) overwrites -- "modified by an inplace operation" in the backward."""
+        w = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
+        v = F.normalize(torch.mv(w.t(), self.weight_u), dim=0, eps=self.eps)
+        self.weight_v.copy_(v)
+        u = F.normalize(torch.mv(w, v), dim=0, eps=self.eps)
+        self.weight_u.copy_(u)
+        return u, v
 
     def __getattr__(self, name: str):
         if name == "weight":

@@ -158,7 +158,8 @@ class Trainer:
 
         G_train = dist_util.maybe_sync_batchnorm(self.G, getattr(self.G, "wants_sync_bn", False), d)
         if cfg.trainer.compile:
-            G_train, D_train = torch.compile(G_train), torch.compile(self.D)
+            backend = cfg.trainer.compile_backend
+            G_train, D_train = torch.compile(G_train, backend=backend), torch.compile(self.D, backend=backend)
         else:
             D_train = self.D
         self.G_train = dist_util.wrap_ddp(G_train, d)
