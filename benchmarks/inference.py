@@ -1,7 +1,7 @@
 """Generator inference speed: images per second at batch 1 and 16, fp32 and bf16, full widths, against references.
 
 The generator is built in eval mode (batch-norm running statistics, no power iteration), as ``gensynth generate``
-runs it, and timed under ``torch.inference_mode``. References in the same process: the official OASIS generator
+runs it, and timed under ``torch.inference_mode``; the generators of a configuration are timed round-robin. References in the same process: the official OASIS generator
 (``--official PATH``, its ``netEMA`` in eval mode) and gensynth's generator computing spectral norm as torch's
 hook does (``sn=weight``) on the dense label map, the official computation.
 
@@ -64,22 +64,28 @@ def official_generator(path: str, preset: str, config: str, device: torch.device
     return run.model.netEMA.eval(), parts.num_classes, size
 
 
-def time_generator(G, num_classes: int, size, batch: int, precision: str, device, repeats: int) -> float:
+def time_generators(gens: dict, num_classes: int, size, batch: int, precision: str, device,
+                    repeats: int) -> dict[str, float]:
+    """{name: median seconds per batch}, the generators timed round-robin (load drift hits all alike)."""
     ids = torch.randint(0, num_classes, (batch, *size), device=device)
     labels = one_hot(ids, num_classes)  # (B, N, H, W)
-    # gensynth's generators get the ids as the data loader and the generate API give them; the official one a tensor
-    cond = labels if getattr(G, "__module__", "").startswith("models.") else Condition(labels, ids=ids)
+    conds = {}
+    for name, G in gens.items():
+        # gensynth's generators get the ids as the data loader and the generate API give them; the official a tensor
+        conds[name] = labels if getattr(G, "__module__", "").startswith("models.") else Condition(labels, ids=ids)
+    times: dict[str, list[float]] = {name: [] for name in gens}
     ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.inference_mode(), ctx:
-        G(cond)
-        _sync(device)
-        times = []
+        for name, G in gens.items():
+            G(conds[name])
         for _ in range(repeats):
-            t = time.perf_counter()
-            G(cond)
-            _sync(device)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+            for name, G in gens.items():
+                _sync(device)
+                t = time.perf_counter()
+                G(conds[name])
+                _sync(device)
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -101,20 +107,24 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     for preset in args.presets:
         for config in configs:
-            gens = [("gensynth", lambda: gensynth_generator(preset, config, "auto", device)),
-                    ("gensynth, official settings", lambda: gensynth_generator(preset, config, "weight", device, False))]
+            builders = [("gensynth", lambda: gensynth_generator(preset, config, "auto", device)),
+                        ("gensynth, official settings",
+                         lambda: gensynth_generator(preset, config, "weight", device, factored=False))]
             if args.official and preset == "oasis":
-                gens.insert(0, ("official code", lambda: official_generator(args.official, preset, config, device)))
-            for name, build in gens:
-                G, n, size = build()
-                for batch in args.batches:
-                    for precision in ("fp32", "bf16"):
-                        sec = time_generator(G, n, size, batch, precision, device, args.repeats)
+                builders.insert(0, ("official code", lambda: official_generator(args.official, preset, config,
+                                                                                device)))
+            gens = {}
+            for name, build in builders:
+                gens[name], n, size = build()
+            for batch in args.batches:
+                for precision in ("fp32", "bf16"):
+                    secs = time_generators(gens, n, size, batch, precision, device, args.repeats)
+                    for name, sec in secs.items():
                         rows.append({"preset": preset, "config": config, "generator": name, "batch": batch,
                                      "precision": precision, "seconds": sec, "images_per_s": batch / sec})
                         print(f"{preset:>6} {config:>18} {name:>28} batch {batch:>3} {precision}: "
                               f"{batch / sec:8.2f} img/s ({sec:.3f} s/batch)", flush=True)
-                del G
+            del gens
     for r in rows:  # ratio against the first generator of the same configuration, batch and precision
         ref = next(x for x in rows if (x["preset"], x["config"], x["batch"], x["precision"]) ==
                    (r["preset"], r["config"], r["batch"], r["precision"]))

@@ -16,6 +16,8 @@ process, and the peak memory. Reference runs in the same process:
     OMP_NUM_THREADS=2 python benchmarks/train_step.py                                     # CPU sizes, both presets
     python benchmarks/train_step.py --official ~/OASIS --configs ade20k-64x64 --repeats 5
     python benchmarks/train_step.py --device cuda --configs ade20k-256x256 cityscapes-256x512 --batch 4
+    python benchmarks/train_step.py --official ~/OASIS --presets oasis --interleave \
+        --variants "gensynth fp32 (default: + label convs without zeros)" "gensynth bf16 autocast"
 
 Peak memory: CUDA ``max_memory_allocated``; on CPU the peak resident set size of a child process that runs the
 variant alone (``--memory``, on by default on CPU), minus the resident size after importing torch and gensynth.
@@ -265,6 +267,26 @@ def time_run(run, repeats: int, warmup: int, device: torch.device) -> list[float
     return times
 
 
+def interleaved(args, preset: str, config: str, names: list[str], device: torch.device) -> dict:
+    """{name: (G params, D params, flops, times)} with the variants timed round-robin in this process."""
+    runs = {name: make_run(preset, config, args.batch, name, device, args.official) for name in names}
+    info = {name: (*run.params(), count_flops(run)) for name, run in runs.items()}
+    for run in runs.values():
+        for _ in range(args.warmup):
+            run.iteration()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            _sync(device)
+            t = time.perf_counter()
+            run.iteration()
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+    del runs
+    gc.collect()
+    return {name: (*info[name], times[name]) for name in names}
+
+
 def child_peak_memory(args, preset: str, config: str, variant: str) -> float | None:
     """Peak RSS growth (MB) of a fresh process running 3 iterations of one variant (CPU)."""
     cmd = [sys.executable, __file__, "--_child", preset, config, variant, "--batch", str(args.batch),
@@ -316,6 +338,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--variants", nargs="+", default=None, help="subset of variant names (default: all)")
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile on CPU)")
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the per-variant memory children")
+    ap.add_argument("--interleave", action="store_true",
+                    help="build the variants of a configuration together and time them round-robin, one iteration "
+                         "each in turn (machine-load drift then hits every variant alike; needs their memory at once)")
     ap.add_argument("--out", default=str(RESULTS), help="JSON output ('-' = do not write)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -340,16 +365,21 @@ def main(argv: list[str] | None = None) -> dict:
             if args.variants:
                 names = [n for n in names if n in args.variants or n == "official code"]
             ref_time = None
+            measured = interleaved(args, preset, config, names, device) if args.interleave else {}
             for name in names:
-                run = make_run(preset, config, args.batch, name, device, args.official)
-                g_params, d_params = run.params()
-                flops = count_flops(run)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                times = time_run(run, args.repeats, args.warmup, device)
-                peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
-                del run
-                gc.collect()
+                if name in measured:
+                    g_params, d_params, flops, times = measured[name]
+                    peak = None
+                else:
+                    run = make_run(preset, config, args.batch, name, device, args.official)
+                    g_params, d_params = run.params()
+                    flops = count_flops(run)
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(device)
+                    times = time_run(run, args.repeats, args.warmup, device)
+                    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
+                    del run
+                    gc.collect()
                 if peak is None and args.memory:
                     peak = child_peak_memory(args, preset, config, name)
                 sec = statistics.median(times)

@@ -76,7 +76,9 @@ def _check(conv: nn.Conv2d, seg: SegInput) -> tuple[int, int]:
 
 
 def onehot_conv2d(ids: Tensor, weight: Tensor) -> Tensor:
-    """conv2d(one_hot(ids, N), weight, padding=k // 2) (no bias): ids (B, H, W), weight (O, N, kh, kw) -> (B, O, H, W)."""
+    """conv2d(one_hot(ids, N), weight, padding=k // 2) (no bias).
+
+    ids: (B, H, W) int64; weight: (O, N, kh, kw); returns (B, O, H, W)."""
     o, n, kh, kw = weight.shape
     b, h, w = ids.shape
     ph, pw = kh // 2, kw // 2

@@ -15,7 +15,8 @@ function; they differ only in floating-point rounding (relative ~1e-6 in fp32, s
 
 Under autocast, a layer whose output is smaller than its weight is bound by reading the weight, not by
 arithmetic: casting the weight to bf16/fp16 and back (and the low-precision weight gradient) costs more than the
-convolution saves, so such calls run in fp32 (:func:`gensynth.nn.conv.weight_bound`); compute-bound layers run in low precision.
+convolution saves, so such calls run in fp32 (:func:`gensynth.nn.conv.weight_bound`); compute-bound layers run in
+low precision.
 """
 from __future__ import annotations
 
