@@ -179,6 +179,7 @@ def test_compiled_discriminator_called_three_times_matches_eager():
         assert torch.allclose(v, twin.state_dict()[k], rtol=1e-5, atol=1e-7), k
 
 
+@pytest.mark.timeout(1800)
 @pytest.mark.skipif(os.environ.get("GENSYNTH_SLOW_TESTS") != "1",
                     reason="inductor compiles C++ for several minutes on 2 cores; run with GENSYNTH_SLOW_TESTS=1")
 def test_compiled_training_equals_eager(for_loop_run, tiny_cache, tmp_path):
