@@ -17,7 +17,7 @@ process, and the peak memory. Reference runs in the same process:
     python benchmarks/train_step.py --official ~/OASIS --configs ade20k-64x64 --repeats 5
     python benchmarks/train_step.py --device cuda --configs ade20k-256x256 cityscapes-256x512 --batch 4
     python benchmarks/train_step.py --official ~/OASIS --presets oasis --interleave \
-        --variants "gensynth fp32 (default: + label convs without zeros)" "gensynth bf16 autocast"
+        --variants "gensynth fp32 (default: + D step's calls merged)" "gensynth bf16 autocast"
 
 Peak memory: CUDA ``max_memory_allocated``; on CPU the peak resident set size of a child process that runs the
 variant alone (``--memory``, on by default on CPU), minus the resident size after importing torch and gensynth.
@@ -76,10 +76,11 @@ class Variant:
     channels_last: bool = False
     compile: bool = False
     factored: bool = True     # label convolutions on the factored [noise ; one-hot] map (gensynth.nn.label_conv)
+    merge_d: bool = True      # the D step's fake/real/LabelMix calls as one (trainer.merge_d_calls)
 
 
 OFFICIAL_SETTINGS = Variant("gensynth, official settings", sn="weight", adam="for-loop", freeze_d=False, ema="per-key",
-                            factored=False)
+                            factored=False, merge_d=False)
 LADDER = [
     OFFICIAL_SETTINGS,
     replace(OFFICIAL_SETTINGS, name="+ spectral norm on outputs", sn="auto"),
@@ -87,7 +88,9 @@ LADDER = [
     replace(OFFICIAL_SETTINGS, name="+ D frozen in G step, gradients released", sn="auto", adam="fused",
             freeze_d=True),
     replace(OFFICIAL_SETTINGS, name="+ foreach EMA", sn="auto", adam="fused", freeze_d=True, ema="foreach"),
-    Variant("gensynth fp32 (default: + label convs without zeros)"),
+    replace(OFFICIAL_SETTINGS, name="+ label convs without zeros", sn="auto", adam="fused", freeze_d=True,
+            ema="foreach", factored=True),
+    Variant("gensynth fp32 (default: + D step's calls merged)"),
     Variant("gensynth bf16 autocast", precision="bf16"),
     Variant("gensynth fp32 channels-last", channels_last=True),
 ]
@@ -143,6 +146,7 @@ class GensynthRun:
         self.G = build_generator(self.parts).to(device)
         self.D = build_discriminator(self.parts).to(device)
         self.method = build_method(self.parts)
+        self.method.merge_d_calls = variant.merge_d
         for term in self.method.terms:
             term.to(device)
         if variant.sn != "auto":

@@ -92,6 +92,9 @@ class TrainerConfig(Section):
     compile_backend: str = Field("inductor", description="torch.compile backend when trainer.compile is on")
     channels_last: Union[bool, Literal["auto"]] = Field(
         "auto", description="NHWC memory format for models and batches; auto = on for CUDA, off for CPU")
+    merge_d_calls: bool = Field(True, description="judge the D step's fake, real and LabelMix images in one "
+                                                   "discriminator call when D is batch-independent (same results up "
+                                                   "to rounding: each chunk keeps its own spectral-norm iteration)")
     tf32: bool = Field(False, description="CUDA only: TF32 matmuls and convolutions (faster on Ampere+, not fp32 "
                                           "numerics); set explicitly either way")
 

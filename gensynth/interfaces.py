@@ -175,12 +175,16 @@ class Discriminator(nn.Module, abc.ABC):
     intermediate features; ``takes_labels`` whether it reads the Condition (concatenation,
     projection) or only the image (the OASIS U-Net, which learns the classes itself).
     ``joint_real_fake``: real and fake should go through one call (shared normalisation stats).
+    ``batch_independent``: in training mode each sample's output depends on that sample alone (no batch
+    statistics, no per-call state but :class:`gensynth.nn.spectral.SpectralConv2d`'s power iteration), so the
+    method may merge the D step's calls into one (:func:`gensynth.nn.spectral.consecutive_calls`).
     """
 
     output_kind: ClassVar[DOutputKind]
     provides_features: ClassVar[bool] = False
     takes_labels: ClassVar[bool] = False
     joint_real_fake: ClassVar[bool] = False
+    batch_independent: ClassVar[bool] = False
     num_classes: int
 
     @abc.abstractmethod
@@ -231,6 +235,9 @@ class StepContext:
     real: (B, 3, H, W); fake: (B, 3, H, W) (detached in the D step); cond: the Condition;
     d_real / d_fake: discriminator outputs on them (d_real is None in a G step unless a term asked);
     gen: the generator output (aux included); discriminator: the D module (LabelMix calls it again).
+    d_inputs / d_extra: per term name, the extra images a D-side term asked D to judge (:meth:`LossTerm.d_input`)
+    and, when the method judged them together with fake and real, D's outputs on them; scratch: per term name,
+    what a term keeps between ``d_input`` and ``__call__`` (LabelMix's mask).
     """
 
     real: Tensor
@@ -241,6 +248,9 @@ class StepContext:
     d_fake: DiscriminatorOutput | None = None
     gen: GeneratorOutput | None = None
     step: int = 0
+    d_inputs: dict[str, Any] = field(default_factory=dict)
+    d_extra: dict[str, DiscriminatorOutput] = field(default_factory=dict)
+    scratch: dict[str, Any] = field(default_factory=dict)  # terms' own per-step data, by term name
 
 
 class LossTerm(abc.ABC):
@@ -254,6 +264,7 @@ class LossTerm(abc.ABC):
     side: ClassVar[Literal["D", "G"]]
     requires: ClassVar[frozenset[Capability]] = frozenset()
     needs_real_d_output: ClassVar[bool] = False
+    name: str = ""  # the registry name, set when the term is built from a configuration
     default_weight: ClassVar[float] = 1.0
 
     def __init__(self, weight: float | None = None, **options: Any):
@@ -262,6 +273,13 @@ class LossTerm(abc.ABC):
 
     def to(self, device) -> "LossTerm":  # terms holding networks (VGG) override this
         return self
+
+    def d_input(self, ctx: StepContext) -> Tensor | None:
+        """D side: images (B', 3, H, W) this term will have D judge (under ``ctx.cond``), when they can be formed
+        from ``ctx.real`` and ``ctx.fake`` before D runs (LabelMix's mix). The method stores them in
+        ``ctx.d_inputs[name]`` and may judge them in one call with the fake and real images, leaving the output in
+        ``ctx.d_extra[name]``; otherwise ``__call__`` calls D itself. None (default): the term calls D itself."""
+        return None
 
     @abc.abstractmethod
     def __call__(self, ctx: StepContext) -> Tensor: ...

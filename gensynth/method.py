@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from gensynth.interfaces import Condition, DiscriminatorOutput, StepContext, TrainingMethod
+from gensynth.nn.spectral import consecutive_calls
 
 
 def unwrap(module):
@@ -23,20 +24,20 @@ def unwrap(module):
             return module
 
 
-def _cat_cond(a: Condition, b: Condition) -> Condition:
-    def cat(x, y):
-        return None if x is None else torch.cat([x, y], dim=0)
+def _cat_conds(conds: list[Condition]) -> Condition:
+    """Conditions concatenated along the batch (a field is kept only when every condition has it)."""
+    def cat(field: str):
+        parts = [getattr(c, field) for c in conds]
+        return None if any(x is None for x in parts) else torch.cat(parts, dim=0)
 
-    ids = cat(a.ids, b.ids) if a.ids is not None and b.ids is not None else None
-    return Condition(cat(a.labels, b.labels), cat(a.instance_edges, b.instance_edges), cat(a.style_image, b.style_image),
-                     ids)
+    return Condition(cat("labels"), cat("instance_edges"), cat("style_image"), cat("ids"))
 
 
 def run_d_pair(D, fake: Tensor, real: Tensor, cond: Condition, want_real: bool = True
                ) -> tuple[DiscriminatorOutput, DiscriminatorOutput | None]:
     """D on fake and real images: jointly (one call) when the discriminator asks for it."""
     if want_real and getattr(unwrap(D), "joint_real_fake", False):
-        out = D(torch.cat([fake, real], dim=0), _cat_cond(cond, cond))
+        out = D(torch.cat([fake, real], dim=0), _cat_conds([cond, cond]))
         d_fake, d_real = out.split([fake.shape[0], real.shape[0]])
         return d_fake, d_real
     d_fake = D(fake, cond)
@@ -45,21 +46,44 @@ def run_d_pair(D, fake: Tensor, real: Tensor, cond: Condition, want_real: bool =
 
 
 class AdversarialMethod(TrainingMethod):
-    """Alternating updates: ``g_losses`` then ``d_losses`` on the same batch (as OASIS and SPADE)."""
+    """Alternating updates: ``g_losses`` then ``d_losses`` on the same batch (as OASIS and SPADE).
+
+    ``merge_d_calls``: when D is ``batch_independent``, the D step judges the fake, the real and the D-side terms'
+    images (LabelMix's mix) in one call, with each chunk's spectral norm as in consecutive calls
+    (:func:`gensynth.nn.spectral.consecutive_calls`): the same results up to rounding, fewer passes over D's
+    weights (set by ``trainer.merge_d_calls``)."""
+
+    def __init__(self, objective, terms, merge_d_calls: bool = True):
+        super().__init__(objective, terms)
+        self.merge_d_calls = merge_d_calls
 
     def d_losses(self, G, D, real, cond, step=0):
         with torch.no_grad():
             gen = G(cond)
         fake = gen.image.detach()
-        d_fake, d_real = run_d_pair(D, fake, real, cond)
+        ctx = StepContext(real=real, fake=fake, cond=cond, discriminator=D, gen=gen, step=step)
+        d_terms = [t for t in self.terms if t.side == "D"]
+        for term in d_terms:
+            images = term.d_input(ctx)
+            if images is not None:
+                ctx.d_inputs[term.name] = images
+        bare = unwrap(D)
+        if self.merge_d_calls and getattr(bare, "batch_independent", False):
+            images = [fake, real, *ctx.d_inputs.values()]
+            sizes = [x.shape[0] for x in images]
+            conds = [cond] * len(images)
+            with consecutive_calls(bare, sizes):
+                out = D(torch.cat(images, dim=0), _cat_conds(conds))
+            ctx.d_fake, ctx.d_real, *extra = out.split(sizes)
+            ctx.d_extra.update(zip(ctx.d_inputs, extra))
+        else:
+            ctx.d_fake, ctx.d_real = run_d_pair(D, fake, real, cond)
         losses = {
-            "D_fake": self.objective.d_loss(d_fake, cond, "fake"),
-            "D_real": self.objective.d_loss(d_real, cond, "real"),
+            "D_fake": self.objective.d_loss(ctx.d_fake, cond, "fake"),
+            "D_real": self.objective.d_loss(ctx.d_real, cond, "real"),
         }
-        ctx = StepContext(real=real, fake=fake, cond=cond, discriminator=D, d_real=d_real, d_fake=d_fake, gen=gen, step=step)
-        for term in self.terms:
-            if term.side == "D":
-                losses[term.name] = term.weight * term(ctx)
+        for term in d_terms:
+            losses[term.name] = term.weight * term(ctx)
         return losses
 
     def g_losses(self, G, D, real, cond, step=0):

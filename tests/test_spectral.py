@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import spectral_norm
 
 from gensynth.nn.spade import maybe_sn
-from gensynth.nn.spectral import SpectralConv2d
+from gensynth.nn.spectral import SpectralConv2d, consecutive_calls
 
 
 def _pair(cin=6, cout=5, k=3, bias=True, scale="auto", seed=0):
@@ -166,3 +166,64 @@ def test_maybe_sn_choices_and_bad_scale():
     assert not isinstance(reflect, SpectralConv2d) and "weight_orig" in reflect.state_dict()
     with pytest.raises(ValueError, match="scale must be 'auto', 'weight' or 'output', got 'both'"):
         SpectralConv2d(2, 3, 3, scale="both")
+
+
+def _sn_stack(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(SpectralConv2d(3, 8, 3, padding=1), nn.LeakyReLU(0.2),
+                         SpectralConv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.LeakyReLU(0.2),
+                         SpectralConv2d(16, 4, 1))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_consecutive_calls_merge_calls_without_changing_results(fused, monkeypatch):
+    """One forward on [a; b; c] inside consecutive_calls == three forwards on a, b, c: the same outputs, buffers
+    (three power iterations) and gradients, also through the loss mixing the outputs (as LabelMix does)."""
+    monkeypatch.setattr(SpectralConv2d, "fused_backward", fused)
+    seq, merged = _sn_stack(), _sn_stack()
+    merged.load_state_dict(seq.state_dict())
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(n, 3, 8, 8, generator=g) for n in (2, 1, 2)]
+    weights = [torch.randn(n, 4, 4, 4, generator=g) for n in (2, 1, 2)]
+
+    outs_seq = [seq(x) for x in xs]
+    with consecutive_calls(merged, [2, 1, 2]):
+        outs_merged = merged(torch.cat(xs)).split([2, 1, 2])
+    for a, b in zip(outs_seq, outs_merged):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    sum((o * w).sum() for o, w in zip(outs_seq, weights)).backward()
+    sum((o * w).sum() for o, w in zip(outs_merged, weights)).backward()
+    for (name, p), q in zip(seq.named_parameters(), merged.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for (name, b1), b2 in zip(seq.named_buffers(), merged.buffers()):
+        torch.testing.assert_close(b2, b1, rtol=1e-5, atol=1e-7, msg=name)
+    assert all(m.call_sizes is None for m in merged.modules() if isinstance(m, SpectralConv2d))
+
+
+def test_consecutive_calls_differ_from_one_call_and_check_sizes():
+    a, b = _sn_stack(), _sn_stack()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 3, 8, 8)
+    with consecutive_calls(a, [1, 1, 1]):
+        merged = a(x)
+    one = b(x)  # one power iteration for all: the second and third samples see other sigmas
+    torch.testing.assert_close(merged[:1], one[:1], rtol=1e-5, atol=1e-6)
+    assert (merged[2] - one[2]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match=r"batch has 3 samples but the calls' sizes \[1, 1\] sum to 2"):
+        with consecutive_calls(a, [1, 1]):
+            a(x)
+    with pytest.raises(ValueError, match=r"at least one sample, got sizes \[2, 0\]"):
+        with consecutive_calls(a, [2, 0]):
+            pass
+    a.eval()  # eval: no power iteration, one sigma, the same as a plain call
+    with torch.no_grad():
+        plain = a(x)
+        with consecutive_calls(a, [1, 2]):
+            torch.testing.assert_close(a(x), plain, rtol=0, atol=0)
+
+
+def test_consecutive_calls_refuse_torch_hook_spectral_norm():
+    mixed = nn.Sequential(SpectralConv2d(3, 4, 3), spectral_norm(nn.Linear(4, 2)))
+    with pytest.raises(ValueError, match=r"'1' is spectral-normed by torch's hook"):
+        with consecutive_calls(mixed, [1, 1]):
+            pass

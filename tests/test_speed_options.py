@@ -76,6 +76,48 @@ def test_channels_last_trains_the_same(for_loop_run, tiny_cache, tmp_path):
     _assert_same_training(for_loop_run, other, atol=1e-5)
 
 
+def test_merged_d_calls_train_the_same(for_loop_run, tiny_cache, tmp_path):
+    """trainer.merge_d_calls (default on): the D step's three calls as one, each chunk with its own power iteration."""
+    other = _train(tmp_path, tiny_cache, "separate", **{"optim.implementation": "for-loop",
+                                                         "trainer.channels_last": False, "trainer.merge_d_calls": False})
+    _assert_same_training(for_loop_run, other, atol=1e-5)
+
+
+def test_merged_d_step_calls_d_once_with_the_same_losses_and_gradients():
+    from gensynth.build import build_discriminator, build_generator, build_method, resolve_parts
+    from gensynth.interfaces import Condition
+
+    cfg, _ = resolve({k: v for k, v in tiny_overrides("unused", "unused").items() if k.startswith(("model.", "data.s"))})
+    parts = resolve_parts(cfg)
+    torch.manual_seed(0)
+    G, D = build_generator(parts), build_discriminator(parts)
+    method = build_method(parts)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, parts.num_classes, (2, 32, 32), generator=g)
+    cond = Condition(F.one_hot(ids, parts.num_classes).permute(0, 3, 1, 2).float(), ids=ids)
+    real = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    results = {}
+    for merge in (False, True):
+        d, gen = copy.deepcopy(D), copy.deepcopy(G)  # both: G's spectral norm iterates on every call too
+        calls = []
+        d.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+        method.merge_d_calls = merge
+        torch.manual_seed(2)  # the same noise and LabelMix mask
+        losses = method.d_losses(gen, d, real, cond)
+        sum(losses.values()).backward()
+        results[merge] = (losses, {k: p.grad for k, p in d.named_parameters()}, dict(d.named_buffers()), calls)
+    (l0, g0, b0, c0), (l1, g1, b1, c1) = results[False], results[True]
+    assert c0 == [2, 2, 2] and c1 == [6]
+    assert l0.keys() == l1.keys() == {"D_fake", "D_real", "labelmix"}
+    for k in l0:
+        torch.testing.assert_close(l1[k], l0[k], rtol=1e-5, atol=1e-6, msg=k)
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-8, msg=k)
+    for k in b0:
+        torch.testing.assert_close(b1[k], b0[k], rtol=1e-5, atol=1e-7, msg=k)
+    assert l0["labelmix"] > 0
+
+
 def test_foreach_ema_is_the_official_blend():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
@@ -182,8 +224,12 @@ def test_compiled_discriminator_called_three_times_matches_eager():
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(os.environ.get("GENSYNTH_SLOW_TESTS") != "1",
                     reason="inductor compiles C++ for several minutes on 2 cores; run with GENSYNTH_SLOW_TESTS=1")
-def test_compiled_training_equals_eager(for_loop_run, tiny_cache, tmp_path):
-    """trainer.compile (inductor) for three steps against the eager run."""
+def test_compiled_training_equals_eager(for_loop_run, tiny_cache, tmp_path, monkeypatch):
+    """trainer.compile (inductor) for three steps against the eager run. Inductor draws random numbers (the OASIS
+    generator's noise) with its own generator unless ``fallback_random``: equally random, but not eager's stream."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
     other = _train(tmp_path, tiny_cache, "compiled", **{"optim.implementation": "for-loop",
                                                         "trainer.channels_last": False, "trainer.compile": True})
     _assert_same_training(for_loop_run, other, atol=1e-5)

@@ -17,10 +17,15 @@ Under autocast, a layer whose output is smaller than its weight is bound by read
 arithmetic: casting the weight to bf16/fp16 and back (and the low-precision weight gradient) costs more than the
 convolution saves, so such calls run in fp32 (:func:`gensynth.nn.conv.weight_bound`); compute-bound layers run in
 low precision.
+
+:func:`consecutive_calls` lets one forward on a concatenated batch stand for several consecutive calls (OASIS's
+D step judges the fake, the real and the LabelMix images): each chunk gets the power iteration and the sigma its
+own call would have had, so merging the calls changes nothing but rounding.
 """
 from __future__ import annotations
 
-from typing import Literal
+from contextlib import contextmanager
+from typing import Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,20 +36,30 @@ from gensynth.nn.conv import autocast_active, conv_output_numel, weight_bound
 Scale = Literal["auto", "weight", "output"]
 
 
+def _per_sample(values: Tensor, sizes: tuple[int, ...]) -> Tensor:
+    """(K,) per-chunk values -> (B, 1, 1, 1), chunk k repeated sizes[k] times."""
+    return torch.cat([values[k].expand(n) for k, n in enumerate(sizes)]).view(-1, 1, 1, 1)
+
+
 class _OutputScaledConv(torch.autograd.Function):
     """conv(x, W) / sigma + b for a given sigma = u^T W v (u, v constants), differentiable in x, W and b.
 
-    The backward adds sigma's rank-1 weight gradient ``g_sigma * u v^T`` in place (``addr_``) into the
-    convolution's weight gradient instead of materialising it and summing two weight-sized tensors (what
+    One call: u (out,), v (in*kh*kw,), sigma 0-d, sizes None. Chunked (:func:`consecutive_calls`): u (K, out),
+    v (K, in*kh*kw), sigma (K,), and the batch is K chunks of ``sizes``, chunk k divided by sigma[k].
+
+    The backward adds sigma's rank-1 weight gradients ``g_sigma_k * u_k v_k^T`` in place (``addr_``/``addmm_``)
+    into the convolution's weight gradient instead of materialising them and summing weight-sized tensors (what
     autograd does through ``dot(u, mv(W, v))``). First-order only: a double backward raises."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, u, v, sigma, stride, padding, dilation, groups):
+    def forward(ctx, x, weight, bias, u, v, sigma, stride, padding, dilation, groups, sizes=None):
         y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
         inv = torch.reciprocal(sigma)
+        if sizes is not None:
+            inv = _per_sample(inv, sizes)
         out = y * inv if bias is None else torch.addcmul(bias.view(1, -1, 1, 1), y, inv)
         ctx.save_for_backward(x, weight, u, v, y, sigma)
-        ctx.conf = (stride, padding, dilation, groups)
+        ctx.conf = (stride, padding, dilation, groups, sizes)
         return out
 
     @staticmethod
@@ -54,22 +69,30 @@ class _OutputScaledConv(torch.autograd.Function):
                                "a graph (create_graph=True, e.g. a gradient penalty); set "
                                "gensynth.nn.spectral.SpectralConv2d.fused_backward = False for such models")
         x, weight, u, v, y, sigma = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conf
+        stride, padding, dilation, groups, sizes = ctx.conf
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gx = gw = gb = None
         if need_x or need_w:
+            scaled = grad / sigma if sizes is None else grad * _per_sample(torch.reciprocal(sigma), sizes)
             gx, gw, _ = torch.ops.aten.convolution_backward(
-                grad / sigma, x, weight, None, stride, padding, dilation, False, [0, 0], groups,
-                [need_x, need_w, False])
+                scaled, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need_x, need_w, False])
         if need_w:  # d(y / sigma) / d sigma = -y / sigma^2, d sigma / dW = u v^T
-            g_sigma = -(grad * y).sum() / (sigma * sigma)
-            if gw.is_contiguous():
-                gw.view(gw.shape[0], -1).addr_(u * g_sigma, v)
+            if sizes is None:
+                g_sigma = -(grad * y).sum() / (sigma * sigma)
+                left, right = (u * g_sigma).unsqueeze(1), v.unsqueeze(0)  # (out, 1), (1, rest)
             else:
-                gw = gw + torch.outer(u * g_sigma, v).view_as(gw)
+                per_sample = (grad * y).sum(dim=(1, 2, 3))
+                g_sigma = -torch.stack([c.sum() for c in per_sample.split(list(sizes))]) / (sigma * sigma)
+                left, right = (u * g_sigma.unsqueeze(1)).t(), v  # (out, K), (K, rest)
+            if not gw.is_contiguous():
+                gw = gw + (left @ right).view_as(gw)
+            elif sizes is None:
+                gw.view(gw.shape[0], -1).addr_(left.squeeze(1), right.squeeze(0))
+            else:
+                gw.view(gw.shape[0], -1).addmm_(left, right)
         if need_b:
             gb = grad.sum(dim=(0, 2, 3))
-        return gx, gw, gb, None, None, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None, None, None, None
 
 
 class SpectralConv2d(nn.Module):
@@ -107,6 +130,7 @@ class SpectralConv2d(nn.Module):
         self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
         self.dilation, self.groups = conv.dilation, conv.groups
         self.eps, self.scale = eps, scale
+        self.call_sizes: tuple[int, ...] | None = None  # set by consecutive_calls()
         weight = conv.weight
         if conv.bias is not None:
             self.bias = conv.bias
@@ -197,6 +221,8 @@ class SpectralConv2d(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:
+        if self.call_sizes is not None and self.training and len(self.call_sizes) > 1:
+            return self._forward_consecutive(x, self.call_sizes)
         if (self.fused_backward and self.scales_output(x) and torch.is_grad_enabled()
                 and x.dtype == self.weight_orig.dtype
                 and not autocast_active(x)):
@@ -213,6 +239,26 @@ class SpectralConv2d(nn.Module):
             return out * inv
         return torch.addcmul(self.bias.to(out.dtype).view(1, -1, 1, 1), out, inv)
 
+    def _forward_consecutive(self, x: Tensor, sizes: tuple[int, ...]) -> Tensor:
+        """x = the chunks of ``sizes`` concatenated: one power iteration per chunk, in order, and chunk k divided by
+        the sigma after the k-th (what calling this layer on each chunk in turn computes). Always output-scaled."""
+        if x.shape[0] != sum(sizes):
+            raise ValueError(f"consecutive_calls: the batch has {x.shape[0]} samples but the calls' sizes {list(sizes)} "
+                             f"sum to {sum(sizes)}")
+        us, vs, sigmas = zip(*(self._constants(power_iteration=True) for _ in sizes))
+        u, v = torch.stack(us), torch.stack(vs)
+        if (self.fused_backward and torch.is_grad_enabled() and x.dtype == self.weight_orig.dtype
+                and not autocast_active(x)):
+            return _OutputScaledConv.apply(x, self.weight_orig, self.bias, u, v, torch.stack(sigmas), self.stride,
+                                           self.padding, self.dilation, self.groups, tuple(sizes))
+        w = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
+        sigma = ((u @ w) * v).sum(dim=1)  # (K,) u_k^T W v_k, differentiable in W
+        out = F.conv2d(x, self.weight_orig, None, self.stride, self.padding, self.dilation, self.groups)
+        inv = _per_sample(torch.reciprocal(sigma), tuple(sizes)).to(out.dtype)
+        if self.bias is None:
+            return out * inv
+        return torch.addcmul(self.bias.to(out.dtype).view(1, -1, 1, 1), out, inv)
+
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
              f"padding={self.padding}")
@@ -223,3 +269,29 @@ class SpectralConv2d(nn.Module):
         if self.bias is None:
             s += ", bias=False"
         return s + f", scale={self.scale}"
+
+
+@contextmanager
+def consecutive_calls(module: nn.Module, sizes: Sequence[int]) -> Iterator[None]:
+    """Inside, a forward of ``module`` on a batch of ``sum(sizes)`` samples stands for ``len(sizes)`` consecutive
+    calls on its chunks (in order): every :class:`SpectralConv2d` in training mode runs one power iteration per
+    chunk and divides each chunk by its own sigma, and its buffers end where the consecutive calls leave them.
+
+    Only valid for modules whose other layers treat samples independently (no batch statistics): a discriminator
+    says so with ``batch_independent = True``. Eval mode is unaffected (no power iteration, one sigma)."""
+    sizes = tuple(int(n) for n in sizes)
+    if any(n < 1 for n in sizes):
+        raise ValueError(f"consecutive_calls: every call needs at least one sample, got sizes {list(sizes)}")
+    layers = [m for m in module.modules() if isinstance(m, SpectralConv2d)]
+    hooked = [name for name, m in module.named_modules()
+              if hasattr(m, "weight_orig") and not isinstance(m, SpectralConv2d)]
+    if hooked:
+        raise ValueError(f"consecutive_calls: {hooked[0]!r} is spectral-normed by torch's hook, whose power iteration "
+                         f"would run once for all the calls; use SpectralConv2d or call the module once per chunk")
+    for m in layers:
+        m.call_sizes = sizes
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.call_sizes = None

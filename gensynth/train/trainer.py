@@ -128,6 +128,8 @@ class Trainer:
         if self.channels_last:
             to_channels_last(self.G), to_channels_last(self.D)
         self.method = build_method(self.parts)
+        if hasattr(self.method, "merge_d_calls"):
+            self.method.merge_d_calls = cfg.trainer.merge_d_calls
         for term in self.method.terms:
             term.to(self.device)
         self.ema = EMA(self.G, cfg.trainer.ema_decay, cfg.trainer.ema_warmup) if cfg.trainer.ema_decay is not None else None

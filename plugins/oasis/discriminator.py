@@ -146,7 +146,10 @@ class UNetDiscriminatorBase(Discriminator):
     ``out_channels`` is the width of the last 1x1 layer (``layer_up_last``, no spectral norm).
     ``unet(x)``: x (B, 3+extra, H, W) -> decoder features (B, last_channels, H, W).
     Subclasses call :func:`gensynth.nn.spade.init_xavier` once all their modules exist.
+    No normalisation layers: samples are independent, so the D step's three calls may be merged into one.
     """
+
+    batch_independent = True
 
     def __init__(self, num_classes: int, options: OASISDiscriminatorOptions, *, out_channels: int,
                  extra_inputs: int = 0):

@@ -113,14 +113,20 @@ def labelmix_mask(label_ids: Tensor, num_classes: int, generator: torch.Generato
     return table[label_ids].unsqueeze(1)
 
 
+def labelmix_mix(real: Tensor, fake: Tensor, mask: Tensor) -> Tensor:
+    """mask * real + (1 - mask) * fake; mask (B, 1, H, W) in {0, 1}."""
+    return mask * real + (1 - mask) * fake
+
+
 def labelmix_consistency(discriminator, real: Tensor, fake: Tensor, mask: Tensor, d_real: Tensor, d_fake: Tensor,
-                         cond: Condition | None = None) -> Tensor:
+                         cond: Condition | None = None, d_mixed: Tensor | None = None) -> Tensor:
     """MSE(D(M*real + (1-M)*fake), M*D(real) + (1-M)*D(fake)) over all logit channels (mean).
 
-    real, fake: (B, 3, H, W); mask: (B, 1, H, W); d_real, d_fake: (B, C, H, W) logits. Nothing is detached:
-    gradients reach D through all three outputs, as in the official code."""
-    mixed = mask * real + (1 - mask) * fake
-    d_mixed = discriminator(mixed, cond)
+    real, fake: (B, 3, H, W); mask: (B, 1, H, W); d_real, d_fake: (B, C, H, W) logits; ``d_mixed``: D's logits on
+    the mix when already computed (then ``discriminator`` is not called). Nothing is detached: gradients reach D
+    through all three outputs, as in the official code."""
+    if d_mixed is None:
+        d_mixed = discriminator(labelmix_mix(real, fake, mask), cond)
     d_mixed = d_mixed.logits if isinstance(d_mixed, DiscriminatorOutput) else d_mixed
     target = mask * d_real + (1 - mask) * d_fake
     return F.mse_loss(d_mixed.float(), target.float())
@@ -130,11 +136,17 @@ class LabelMixTerm(LossTerm):
     """LabelMix consistency regularisation of D (D side, needs a per-pixel discriminator output).
 
     Mask: one fair coin per class present in the batch (see :func:`labelmix_mask`, which documents the
-    difference from the official code's in-place bug)."""
+    difference from the official code's in-place bug). :meth:`d_input` draws it and forms the mix before D runs,
+    so that the method can judge the mix together with the fake and real images."""
 
     side = "D"
     requires = frozenset({Capability.PIXEL_OUTPUT})
     default_weight = 10.0
+
+    def d_input(self, ctx: StepContext) -> Tensor:
+        mask = labelmix_mask(ctx.cond.label_ids, ctx.cond.labels.shape[1]).to(ctx.real.dtype)
+        ctx.scratch[self.name] = mask
+        return labelmix_mix(ctx.real, ctx.fake, mask)
 
     def __call__(self, ctx: StepContext) -> Tensor:
         if ctx.d_real is None or ctx.d_fake is None:
@@ -142,5 +154,11 @@ class LabelMixTerm(LossTerm):
         d_real, d_fake = ctx.d_real.logits, ctx.d_fake.logits
         if not isinstance(d_real, Tensor):
             raise ValueError("labelmix needs a single per-pixel logit tensor, got a multi-scale output")
-        mask = labelmix_mask(ctx.cond.label_ids, ctx.cond.labels.shape[1]).to(ctx.real.dtype)
-        return labelmix_consistency(ctx.discriminator, ctx.real, ctx.fake, mask, d_real, d_fake, ctx.cond)
+        if self.name not in ctx.scratch:  # called by a method that did not ask for d_input first
+            ctx.d_inputs[self.name] = self.d_input(ctx)
+        mask = ctx.scratch[self.name]
+        d_mixed = ctx.d_extra.get(self.name)
+        if d_mixed is None:
+            d_mixed = ctx.discriminator(ctx.d_inputs[self.name], ctx.cond)
+        return labelmix_consistency(ctx.discriminator, ctx.real, ctx.fake, mask, d_real, d_fake, ctx.cond,
+                                    d_mixed=d_mixed)
