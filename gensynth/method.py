@@ -71,9 +71,9 @@ class AdversarialMethod(TrainingMethod):
         if self.merge_d_calls and getattr(bare, "batch_independent", False):
             images = [fake, real, *ctx.d_inputs.values()]
             sizes = [x.shape[0] for x in images]
-            conds = [cond] * len(images)
+            joint_cond = _cat_conds([cond] * len(images)) if getattr(bare, "takes_labels", True) else None
             with consecutive_calls(bare, sizes):
-                out = D(torch.cat(images, dim=0), _cat_conds(conds))
+                out = D(torch.cat(images, dim=0), joint_cond)
             ctx.d_fake, ctx.d_real, *extra = out.split(sizes)
             ctx.d_extra.update(zip(ctx.d_inputs, extra))
         else:

@@ -227,3 +227,20 @@ def test_consecutive_calls_refuse_torch_hook_spectral_norm():
     with pytest.raises(ValueError, match=r"'1' is spectral-normed by torch's hook"):
         with consecutive_calls(mixed, [1, 1]):
             pass
+
+
+def test_consecutive_calls_under_autocast_match_separate_calls():
+    """Compute-bound layers under bf16 autocast take the plain-autograd merged path: bf16 outputs that match the
+    separate calls to bf16 rounding, and the same power-iteration buffers."""
+    torch.manual_seed(0)
+    seq = SpectralConv2d(8, 8, 3, padding=1, scale="weight")
+    merged = copy.deepcopy(seq)
+    xs = [torch.randn(1, 8, 32, 32) for _ in range(2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = [seq(x) for x in xs]
+        with consecutive_calls(merged, [1, 1]):
+            joint = merged(torch.cat(xs))
+    assert joint.dtype == torch.bfloat16
+    for a, b in zip(outs, joint.split(1)):
+        torch.testing.assert_close(b.float(), a.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(merged.weight_u, seq.weight_u, rtol=1e-6, atol=1e-7)

@@ -252,7 +252,8 @@ class SpectralConv2d(nn.Module):
             return _OutputScaledConv.apply(x, self.weight_orig, self.bias, u, v, torch.stack(sigmas), self.stride,
                                            self.padding, self.dilation, self.groups, tuple(sizes))
         w = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
-        sigma = ((u @ w) * v).sum(dim=1)  # (K,) u_k^T W v_k, differentiable in W
+        with torch.autocast(x.device.type, enabled=False):  # autocast would run this matmul in bf16/fp16
+            sigma = ((u @ w) * v).sum(dim=1)  # (K,) u_k^T W v_k, differentiable in W
         out = F.conv2d(x, self.weight_orig, None, self.stride, self.padding, self.dilation, self.groups)
         inv = _per_sample(torch.reciprocal(sigma), tuple(sizes)).to(out.dtype)
         if self.bias is None:
