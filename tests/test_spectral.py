@@ -129,11 +129,12 @@ def test_auto_scales_the_smaller_of_output_and_weight():
 @pytest.mark.parametrize("scale", ["weight", "output"])
 def test_autocast_runs_weight_bound_calls_in_fp32_and_the_rest_in_bf16(scale):
     ref, ours = _pair(scale=scale)
-    small, large = torch.randn(1, 6, 4, 4), torch.randn(2, 6, 16, 16)  # output 80 < weight 270 < output 2560
+    # outputs 20 < weight 270 / AUTOCAST_FP32_RATIO (4) < 80 < weight < 2560
+    small, mid, large = torch.randn(1, 6, 2, 2), torch.randn(1, 6, 4, 4), torch.randn(2, 6, 16, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y_small, y_large = ours(small), ours(large)
-        r_small, _ = ref(small), ref(large)  # the same number of power-iteration updates
-    assert y_large.dtype == torch.bfloat16 and y_small.dtype == torch.float32
+        y_small, y_mid, y_large = ours(small), ours(mid), ours(large)
+        r_small, _, _ = ref(small), ref(mid), ref(large)  # the same number of power-iteration updates
+    assert y_small.dtype == torch.float32 and y_mid.dtype == y_large.dtype == torch.bfloat16
     assert r_small.dtype == torch.bfloat16  # torch's hook: everything in bf16
     ref.eval(), ours.eval()
     with torch.no_grad():

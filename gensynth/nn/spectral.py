@@ -15,7 +15,7 @@ function; they differ only in floating-point rounding (relative ~1e-6 in fp32, s
 
 Under autocast, a layer whose output is smaller than its weight is bound by reading the weight, not by
 arithmetic: casting the weight to bf16/fp16 and back (and the low-precision weight gradient) costs more than the
-convolution saves, so such calls run in fp32 (:func:`gensynth.nn.conv.weight_bound`); compute-bound layers run in
+convolution saves, so such calls run in fp32 (:func:`gensynth.nn.conv.autocast_keeps_fp32`); compute-bound layers run in
 low precision.
 
 :func:`consecutive_calls` lets one forward on a concatenated batch stand for several consecutive calls (OASIS's
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gensynth.nn.conv import autocast_active, conv_output_numel, weight_bound
+from gensynth.nn.conv import autocast_active, autocast_keeps_fp32, conv_output_numel, weight_bound
 
 Scale = Literal["auto", "weight", "output"]
 
@@ -215,7 +215,7 @@ class SpectralConv2d(nn.Module):
         return weight_bound(x, self.weight_orig, self.output_numel(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        if autocast_active(x) and weight_bound(x, self.weight_orig, self.output_numel(x)):
+        if autocast_active(x) and autocast_keeps_fp32(x, self.weight_orig, self.output_numel(x)):
             with torch.autocast(x.device.type, enabled=False):
                 return self._forward(x.float())
         return self._forward(x)
