@@ -13,10 +13,10 @@ numbers applied to a 4x4 map) the output is hundreds of times smaller than the w
 output instead whenever it has fewer elements than the weight (``scale="auto"``). Both forms are the same
 function; they differ only in floating-point rounding (relative ~1e-6 in fp32, see tests/test_spectral.py).
 
-Under autocast, a layer whose output is smaller than its weight is bound by reading the weight, not by
-arithmetic: casting the weight to bf16/fp16 and back (and the low-precision weight gradient) costs more than the
-convolution saves, so such calls run in fp32 (:func:`gensynth.nn.conv.autocast_keeps_fp32`); compute-bound layers run in
-low precision.
+Under autocast, a layer whose output is much smaller than its weight (under a quarter) is bound by reading the
+weight, not by arithmetic: casting the weight to bf16/fp16 and back (and the low-precision weight gradient) costs
+more than the convolution saves, so such calls run in fp32 (:func:`gensynth.nn.conv.autocast_keeps_fp32`);
+compute-bound layers run in low precision.
 
 :func:`consecutive_calls` lets one forward on a concatenated batch stand for several consecutive calls (OASIS's
 D step judges the fake, the real and the LabelMix images): each chunk gets the power iteration and the sigma its
@@ -234,7 +234,11 @@ class SpectralConv2d(nn.Module):
             return F.conv2d(x, self.weight_orig / sigma, self.bias, self.stride, self.padding, self.dilation,
                             self.groups)
         out = F.conv2d(x, self.weight_orig, None, self.stride, self.padding, self.dilation, self.groups)
-        inv = torch.reciprocal(sigma).to(out.dtype)
+        return self._divided_plus_bias(out, torch.reciprocal(sigma))
+
+    def _divided_plus_bias(self, out: Tensor, inv: Tensor) -> Tensor:
+        """out * inv + bias in ``out``'s dtype; inv 0-d or (B, 1, 1, 1)."""
+        inv = inv.to(out.dtype)
         if self.bias is None:
             return out * inv
         return torch.addcmul(self.bias.to(out.dtype).view(1, -1, 1, 1), out, inv)
@@ -255,10 +259,7 @@ class SpectralConv2d(nn.Module):
         with torch.autocast(x.device.type, enabled=False):  # autocast would run this matmul in bf16/fp16
             sigma = ((u @ w) * v).sum(dim=1)  # (K,) u_k^T W v_k, differentiable in W
         out = F.conv2d(x, self.weight_orig, None, self.stride, self.padding, self.dilation, self.groups)
-        inv = _per_sample(torch.reciprocal(sigma), tuple(sizes)).to(out.dtype)
-        if self.bias is None:
-            return out * inv
-        return torch.addcmul(self.bias.to(out.dtype).view(1, -1, 1, 1), out, inv)
+        return self._divided_plus_bias(out, _per_sample(torch.reciprocal(sigma), tuple(sizes)))
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
