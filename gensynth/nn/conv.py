@@ -1,9 +1,9 @@
 """Convolutions that choose their precision under autocast by what bounds them: arithmetic or reading the weight.
 
-A convolution with far fewer output elements than weight elements (under a quarter: OASIS's 1024-channel layers on
-maps of up to 8x8 positions at batch 1) does few operations per weight number: its time goes into reading the weight,
-and under autocast into casting the weight to bf16/fp16 and the weight gradient back. Such calls run in fp32 --
-faster, and closer to fp32 numerics; the compute-bound calls keep autocast's low precision. Outside autocast
+A convolution with far fewer output elements than weight elements (under a quarter: OASIS's 256- to 1024-channel
+layers on maps of up to 16x16 at batch 1) does few operations per weight number: its time goes into reading the
+weight, and under autocast into casting the weight to bf16/fp16 and the weight gradient back. Such calls run in
+fp32 -- faster, and closer to fp32 numerics; the compute-bound calls keep autocast's low precision. Outside autocast
 nothing changes. (:func:`weight_bound`, output smaller than weight, is the spectral-norm layers' choice between
 scaling the output and scaling the weight, which holds at any precision.)
 """
