@@ -78,8 +78,8 @@ def test_channels_last_trains_the_same(for_loop_run, tiny_cache, tmp_path):
 
 def test_merged_d_calls_train_the_same(for_loop_run, tiny_cache, tmp_path):
     """trainer.merge_d_calls (default on): the D step's three calls as one, each chunk with its own power iteration."""
-    other = _train(tmp_path, tiny_cache, "separate", **{"optim.implementation": "for-loop",
-                                                         "trainer.channels_last": False, "trainer.merge_d_calls": False})
+    other = _train(tmp_path, tiny_cache, "separate", **{"optim.implementation": "for-loop", "trainer.channels_last": False,
+                                                         "trainer.merge_d_calls": False})
     _assert_same_training(for_loop_run, other, atol=1e-5)
 
 
@@ -111,7 +111,8 @@ def _tiny_parts_and_batch():
     from gensynth.build import build_discriminator, build_generator, build_method, resolve_parts
     from gensynth.interfaces import Condition
 
-    cfg, _ = resolve({k: v for k, v in tiny_overrides("unused", "unused").items() if k.startswith(("model.", "data.s"))})
+    model_keys = {k: v for k, v in tiny_overrides("unused", "unused").items() if k.startswith(("model.", "data.s"))}
+    cfg, _ = resolve(model_keys)
     parts = resolve_parts(cfg)
     torch.manual_seed(0)
     G, D = build_generator(parts), build_discriminator(parts)

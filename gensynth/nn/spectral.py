@@ -247,8 +247,8 @@ class SpectralConv2d(nn.Module):
         """x = the chunks of ``sizes`` concatenated: one power iteration per chunk, in order, and chunk k divided by
         the sigma after the k-th (what calling this layer on each chunk in turn computes). Always output-scaled."""
         if x.shape[0] != sum(sizes):
-            raise ValueError(f"consecutive_calls: the batch has {x.shape[0]} samples but the calls' sizes {list(sizes)} "
-                             f"sum to {sum(sizes)}")
+            raise ValueError(f"consecutive_calls: the batch has {x.shape[0]} samples but the calls' sizes "
+                             f"{list(sizes)} sum to {sum(sizes)}")
         us, vs, sigmas = zip(*(self._constants(power_iteration=True) for _ in sizes))
         u, v = torch.stack(us), torch.stack(vs)
         if (self.fused_backward and torch.is_grad_enabled() and x.dtype == self.weight_orig.dtype
