@@ -78,8 +78,8 @@ def test_channels_last_trains_the_same(for_loop_run, tiny_cache, tmp_path):
 
 def test_merged_d_calls_train_the_same(for_loop_run, tiny_cache, tmp_path):
     """trainer.merge_d_calls (default on): the D step's three calls as one, each chunk with its own power iteration."""
-    other = _train(tmp_path, tiny_cache, "separate", **{"optim.implementation": "for-loop", "trainer.channels_last": False,
-                                                         "trainer.merge_d_calls": False})
+    options = {"optim.implementation": "for-loop", "trainer.channels_last": False, "trainer.merge_d_calls": False}
+    other = _train(tmp_path, tiny_cache, "separate", **options)
     _assert_same_training(for_loop_run, other, atol=1e-5)
 
 
