@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine_rates import machine_info  # noqa: E402
 from train_step import CONFIGS, CPU_CONFIGS, _overrides, _sync  # noqa: E402
 
 from gensynth.build import build_generator, resolve_parts  # noqa: E402
@@ -135,9 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     for r in rows:
         print(f"| {r['preset']} | {r['config']} | {r['generator']} | {r['batch']} | {r['precision']} | "
               f"{r['images_per_s']:.2f} | {r['speedup_vs_reference']:.2f} |")
-    report = {"machine": {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-                          "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
+    report = {"machine": machine_info(device),
               "command": "python benchmarks/inference.py " + " ".join(argv), "rows": rows}
     if args.out != "-":
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

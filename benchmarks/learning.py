@@ -44,7 +44,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -64,6 +63,9 @@ from gensynth.eval.fid import FeatureStats, frechet_distance
 from gensynth.eval.miou import IGNORE, ConfusionMatrix, apply_mapping, eval_id_mapping
 from gensynth.interfaces import Condition, DOutputKind
 from gensynth.train.state import seed_everything
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_rates import machine_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "learning"
 MODELS = ("oasis", "spade+", "spade+vgg")
@@ -641,11 +643,6 @@ def sample_grid(G: nn.Module, batches: list[ValBatch], parts: Parts, path: Path,
 # ---------------------------------------------------------------------------------------------
 # the benchmark
 # ---------------------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    return {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "device": "cpu"}
-
-
 def command_line(settings: Settings) -> str:
     """The shell command that repeats this run."""
     parts = ["OMP_NUM_THREADS=1 python benchmarks/learning.py", f"--steps {settings.steps}",
@@ -700,7 +697,7 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = print) -> dic
     if work is None:
         tmp = tempfile.TemporaryDirectory(prefix="gensynth-learning-")
         work = Path(tmp.name)
-    report: dict[str, Any] = {"command": command_line(settings), "machine": machine(), "settings": {
+    report: dict[str, Any] = {"command": command_line(settings), "machine": machine_info(torch.device("cpu")), "settings": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
         if k not in ("out", "work_dir", "cache_dir", "vgg_weights")}, "models": {}, "skipped": skipped}
     try:
@@ -743,7 +740,7 @@ def run_probe(settings: Settings, log: Callable[[str], None] = print) -> dict[st
     todo, _ = plan(settings, log)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"command": command_line(settings), "machine": machine(), "probe_d": {}}
+    report: dict[str, Any] = {"command": command_line(settings), "machine": machine_info(torch.device("cpu")), "probe_d": {}}
     for name in todo:
         cfg, _ = resolve(run_overrides(name, settings, Path("unused")))
         parts = resolve_parts(cfg)

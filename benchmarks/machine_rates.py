@@ -1,4 +1,5 @@
-"""Dense reference rates of the machine, measured in the calling process: what "close to the limit" means.
+"""The machine a benchmark ran on: its description (:func:`machine_info`) and dense reference rates measured in the
+calling process (:func:`dense_rates`): what "close to the limit" means.
 
 ``dense_rates(device)`` times a 3x3 convolution (batch 8, 256 -> 256 channels, 32x32, forward) and a 2048x2048
 matmul, in fp32 and bf16, and returns GFLOP/s for each (median of several runs after a warm-up), with the
@@ -6,6 +7,8 @@ process's current thread setting.
 """
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 
@@ -26,6 +29,15 @@ def _rate(fn, flops: float, device: torch.device, repeats: int = 7) -> float:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
     return flops / statistics.median(times) / 1e9
+
+
+def machine_info(device: torch.device) -> dict:
+    """CPU, cores, threads, torch and Python versions, device (name on CUDA) and the load average at the call."""
+    return {"cpu": platform.processor() or platform.machine(), "cpu_cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
 def dense_rates(device: torch.device) -> dict[str, float]:

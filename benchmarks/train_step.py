@@ -29,7 +29,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -42,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine_rates import dense_rates  # noqa: E402
+from machine_rates import dense_rates, machine_info  # noqa: E402
 
 from gensynth.build import build_discriminator, build_generator, build_method, resolve_parts  # noqa: E402
 from gensynth.config import resolve  # noqa: E402
@@ -352,11 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
     configs = args.configs or (CPU_CONFIGS if device.type == "cpu" else list(CONFIGS))
 
     rates = dense_rates(device)
-    machine = {"cpu": platform.processor() or platform.machine(), "cpu_cores": os.cpu_count(),
-               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-               "python": platform.python_version(), "device": str(device),
-               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-               "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "dense_rates": rates}
+    machine = {**machine_info(device), "dense_rates": rates}
     print(f"device {device}, {machine['torch_threads']} threads, torch {torch.__version__}; dense rates in this "
           f"process: conv3x3 fp32 {rates['conv_fp32']:.0f} GFLOP/s, bf16 {rates['conv_bf16']:.0f}, "
           f"matmul fp32 {rates['matmul_fp32']:.0f}")
