@@ -42,19 +42,21 @@ def _per_sample(values: Tensor, sizes: tuple[int, ...]) -> Tensor:
 
 
 class _OutputScaledConv(torch.autograd.Function):
-    """conv(x, W) / sigma + b for given sigmas = u^T W v (u, v constants), differentiable in x, W and b.
+    """conv(x, W) / sigma + b for a given sigma = u^T W v (u, v constants), differentiable in x, W and b.
 
-    The batch is K chunks of ``sizes`` (K = 1 for a plain call; K > 1 under :func:`consecutive_calls`), chunk k
-    divided by sigma[k]: u (K, out), v (K, in*kh*kw), sigma (K,).
+    One call: u (out,), v (in*kh*kw,), sigma 0-d, sizes None. Chunked (:func:`consecutive_calls`): u (K, out),
+    v (K, in*kh*kw), sigma (K,), and the batch is K chunks of ``sizes``, chunk k divided by sigma[k].
 
-    The backward adds sigma's rank-1 weight gradients ``g_sigma_k * u_k v_k^T`` in place (one ``addmm_``) into the
-    convolution's weight gradient instead of materialising them and summing weight-sized tensors (what autograd
-    does through ``dot(u, mv(W, v))``). First-order only: a double backward raises."""
+    The backward adds sigma's rank-1 weight gradients ``g_sigma_k * u_k v_k^T`` in place (``addr_``/``addmm_``)
+    into the convolution's weight gradient instead of materialising them and summing weight-sized tensors (what
+    autograd does through ``dot(u, mv(W, v))``). First-order only: a double backward raises."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, u, v, sigma, stride, padding, dilation, groups, sizes):
+    def forward(ctx, x, weight, bias, u, v, sigma, stride, padding, dilation, groups, sizes=None):
         y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
-        inv = _per_sample(torch.reciprocal(sigma), sizes)
+        inv = torch.reciprocal(sigma)
+        if sizes is not None:
+            inv = _per_sample(inv, sizes)
         out = y * inv if bias is None else torch.addcmul(bias.view(1, -1, 1, 1), y, inv)
         ctx.save_for_backward(x, weight, u, v, y, sigma)
         ctx.conf = (stride, padding, dilation, groups, sizes)
@@ -71,17 +73,23 @@ class _OutputScaledConv(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gx = gw = gb = None
         if need_x or need_w:
+            scaled = grad / sigma if sizes is None else grad * _per_sample(torch.reciprocal(sigma), sizes)
             gx, gw, _ = torch.ops.aten.convolution_backward(
-                grad * _per_sample(torch.reciprocal(sigma), sizes), x, weight, None, stride, padding, dilation, False,
-                [0, 0], groups, [need_x, need_w, False])
+                scaled, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need_x, need_w, False])
         if need_w:  # d(y / sigma) / d sigma = -y / sigma^2, d sigma / dW = u v^T
-            per_sample = (grad * y).sum(dim=(1, 2, 3))
-            g_sigma = -torch.stack([c.sum() for c in per_sample.split(list(sizes))]) / (sigma * sigma)
-            left = (u * g_sigma.unsqueeze(1)).t()  # (out, K); v: (K, rest)
-            if gw.is_contiguous():
-                gw.view(gw.shape[0], -1).addmm_(left, v)
+            if sizes is None:
+                g_sigma = -(grad * y).sum() / (sigma * sigma)
+                left, right = (u * g_sigma).unsqueeze(1), v.unsqueeze(0)  # (out, 1), (1, rest)
             else:
-                gw = gw + (left @ v).view_as(gw)
+                per_sample = (grad * y).sum(dim=(1, 2, 3))
+                g_sigma = -torch.stack([c.sum() for c in per_sample.split(list(sizes))]) / (sigma * sigma)
+                left, right = (u * g_sigma.unsqueeze(1)).t(), v  # (out, K), (K, rest)
+            if not gw.is_contiguous():
+                gw = gw + (left @ right).view_as(gw)
+            elif sizes is None:
+                gw.view(gw.shape[0], -1).addr_(left.squeeze(1), right.squeeze(0))
+            else:
+                gw.view(gw.shape[0], -1).addmm_(left, right)
         if need_b:
             gb = grad.sum(dim=(0, 2, 3))
         return gx, gw, gb, None, None, None, None, None, None, None, None
@@ -216,7 +224,9 @@ class SpectralConv2d(nn.Module):
         if self.call_sizes is not None and self.training and len(self.call_sizes) > 1:
             return self._forward_consecutive(x, self.call_sizes)
         if self.scales_output(x) and self._fusable(x):
-            return self._fused(x, [self._constants(power_iteration=self.training)], (x.shape[0],))
+            u, v, sigma = self._constants(power_iteration=self.training)
+            return _OutputScaledConv.apply(x, self.weight_orig, self.bias, u, v, sigma, self.stride, self.padding,
+                                           self.dilation, self.groups)
         sigma = self._sigma(power_iteration=self.training)
         if not self.scales_output(x):
             return F.conv2d(x, self.weight_orig / sigma, self.bias, self.stride, self.padding, self.dilation,
@@ -228,12 +238,6 @@ class SpectralConv2d(nn.Module):
         """Whether an output-scaled call can use :class:`_OutputScaledConv` (training in x's own precision)."""
         return (self.fused_backward and torch.is_grad_enabled() and x.dtype == self.weight_orig.dtype
                 and not autocast_active(x))
-
-    def _fused(self, x: Tensor, constants: list[tuple[Tensor, Tensor, Tensor]], sizes: tuple[int, ...]) -> Tensor:
-        """:class:`_OutputScaledConv` with one (u, v, sigma) per chunk of ``sizes``."""
-        u, v, sigma = (torch.stack(t) for t in zip(*constants))
-        return _OutputScaledConv.apply(x, self.weight_orig, self.bias, u, v, sigma, self.stride, self.padding,
-                                       self.dilation, self.groups, tuple(sizes))
 
     def _divided_plus_bias(self, out: Tensor, inv: Tensor) -> Tensor:
         """out * inv + bias in ``out``'s dtype; inv 0-d or (B, 1, 1, 1)."""
@@ -248,10 +252,11 @@ class SpectralConv2d(nn.Module):
         if x.shape[0] != sum(sizes):
             raise ValueError(f"consecutive_calls: the batch has {x.shape[0]} samples but the calls' sizes "
                              f"{list(sizes)} sum to {sum(sizes)}")
-        constants = [self._constants(power_iteration=True) for _ in sizes]
+        us, vs, sigmas = zip(*(self._constants(power_iteration=True) for _ in sizes))
+        u, v = torch.stack(us), torch.stack(vs)
         if self._fusable(x):
-            return self._fused(x, constants, sizes)
-        u, v = torch.stack([c[0] for c in constants]), torch.stack([c[1] for c in constants])
+            return _OutputScaledConv.apply(x, self.weight_orig, self.bias, u, v, torch.stack(sigmas), self.stride,
+                                           self.padding, self.dilation, self.groups, tuple(sizes))
         w = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
         with torch.autocast(x.device.type, enabled=False):  # autocast would run this matmul in bf16/fp16
             sigma = ((u @ w) * v).sum(dim=1)  # (K,) u_k^T W v_k, differentiable in W
