@@ -43,7 +43,10 @@ Broken on purpose (same configuration, 400 steps; generated mIoU, D mIoU on real
   0.055 -> 0.007: FAILS.
 
 ``test_shuffled_labels_fail_the_check`` runs the first broken variant (monkeypatched) and asserts that
-:func:`learned` rejects it, so the check of ``test_oasis_learns_label_aligned_images`` is shown to be able to fail.
+:func:`learned` rejects it, so the check of ``test_oasis_learns_label_aligned_images`` is shown to be able to fail,
+and that it fails through D's criterion (seed 0: D mIoU 0.044 -> 0.012). Its generated-image mIoU is not asserted
+on its own: on seed 0 it measured 0.165 in one build and 0.310 in another that differed only in rounding, on either
+side of the 0.307 margin.
 """
 from __future__ import annotations
 
@@ -165,7 +168,12 @@ def test_shuffled_labels_fail_the_check(env, tmp_path, one_thread, monkeypatch):
     init, trained = env.train_and_measure(tmp_path / "run")
     ok, why = learned(init, trained, env.ref)
     assert not ok, f"the learning check passed with shuffled labels: {why}"
-    assert trained["seg_miou"] < env.ref.chance + CHANCE_MARGIN, why
+    # The robust signature of this break is D's: its class targets are reshuffled at every call, so it cannot
+    # learn to segment real images (D mIoU 0.001-0.030 over seeds 1-3, margin init + 0.05). The generated-image
+    # mIoU sits near the chance margin (0.16-0.31 over seeds 0-3) and can fall on either side of it with mere
+    # rounding changes, so it is not asserted separately.
+    assert trained["d_miou"] < init["d_miou"] + D_MARGIN, why
+    assert trained["d_miou"] < 0.05, why
 
 
 def test_measurements_score_known_inputs(env):
