@@ -17,7 +17,7 @@ process, and the peak memory. Reference runs in the same process:
     python benchmarks/train_step.py --official ~/OASIS --configs ade20k-64x64 --repeats 5
     python benchmarks/train_step.py --device cuda --configs ade20k-256x256 cityscapes-256x512 --batch 4
     python benchmarks/train_step.py --official ~/OASIS --presets oasis --interleave \
-        --variants "gensynth fp32 (default: + D step's calls merged)" "gensynth bf16 autocast"
+        --variants "gensynth fp32 (default: + conv input layout by shape)" "gensynth bf16 autocast"
 
 Peak memory: CUDA ``max_memory_allocated``; on CPU the peak resident set size of a child process that runs the
 variant alone (``--memory``, on by default on CPU), minus the resident size after importing torch and gensynth.
@@ -46,6 +46,7 @@ from machine_rates import dense_rates, machine_info  # noqa: E402
 from gensynth.build import build_discriminator, build_generator, build_method, resolve_parts  # noqa: E402
 from gensynth.config import resolve  # noqa: E402
 from gensynth.interfaces import Condition, one_hot  # noqa: E402
+from gensynth.nn.conv import set_input_layout  # noqa: E402
 from gensynth.nn.spectral import SpectralConv2d  # noqa: E402
 from gensynth.train.ema import EMA  # noqa: E402
 from gensynth.train.speed import make_adam  # noqa: E402
@@ -76,10 +77,11 @@ class Variant:
     compile: bool = False
     factored: bool = True     # label convolutions on the factored [noise ; one-hot] map (gensynth.nn.label_conv)
     merge_d: bool = True      # the D step's fake/real/LabelMix calls as one (trainer.merge_d_calls)
+    layout: str = "by_shape"  # convolution input memory format: keep | by_shape (gensynth.nn.conv.arrange_input)
 
 
 OFFICIAL_SETTINGS = Variant("gensynth, official settings", sn="weight", adam="for-loop", freeze_d=False, ema="per-key",
-                            factored=False, merge_d=False)
+                            factored=False, merge_d=False, layout="keep")
 LADDER = [
     OFFICIAL_SETTINGS,
     replace(OFFICIAL_SETTINGS, name="+ spectral norm on outputs", sn="auto"),
@@ -89,7 +91,9 @@ LADDER = [
     replace(OFFICIAL_SETTINGS, name="+ foreach EMA", sn="auto", adam="fused", freeze_d=True, ema="foreach"),
     replace(OFFICIAL_SETTINGS, name="+ label convs without zeros", sn="auto", adam="fused", freeze_d=True,
             ema="foreach", factored=True),
-    Variant("gensynth fp32 (default: + D step's calls merged)"),
+    replace(OFFICIAL_SETTINGS, name="+ D step's calls merged", sn="auto", adam="fused", freeze_d=True,
+            ema="foreach", factored=True, merge_d=True),
+    Variant("gensynth fp32 (default: + conv input layout by shape)"),
     Variant("gensynth bf16 autocast", precision="bf16"),
     Variant("gensynth fp32 channels-last", channels_last=True),
 ]
@@ -154,6 +158,8 @@ class GensynthRun:
                     m.scale = variant.sn
         if hasattr(self.G, "factored_labels"):
             self.G.factored_labels = variant.factored
+        layout = "keep" if variant.channels_last else variant.layout  # as the trainer's channels_last=true
+        set_input_layout(self.G, layout), set_input_layout(self.D, layout)
         if variant.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)

@@ -90,8 +90,10 @@ class TrainerConfig(Section):
     init_from: Optional[str] = Field(None, description="checkpoint to initialise from (fine-tuning)")
     compile: bool = False
     compile_backend: str = Field("inductor", description="torch.compile backend when trainer.compile is on")
-    channels_last: Union[bool, Literal["auto"]] = Field(
-        "auto", description="NHWC memory format for models and batches; auto = on for CUDA, off for CPU")
+    channels_last: Union[bool, Literal["auto", "by_shape"]] = Field(
+        "auto", description="memory format: true = NHWC models and batches; false = NCHW throughout; by_shape = "
+                            "NCHW weights, each convolution reading NHWC when its map is large for its channels; "
+                            "auto = true on CUDA, by_shape on CPU")
     merge_d_calls: bool = Field(True, description="judge the D step's fake, real and LabelMix images in one "
                                                    "discriminator call when D is batch-independent (same results up "
                                                    "to rounding: each chunk keeps its own spectral-norm iteration)")

@@ -179,14 +179,16 @@ def test_n_plus_1_training_teaches_the_unet_to_segment_and_spot_fakes():
     d = build_oasis_discriminator(3, num_res_blocks=2, width=1 / 8)
     obj = NPlusOneObjective(dontcare=0)
     opt = torch.optim.Adam(d.parameters(), lr=2e-3, betas=(0.0, 0.999))
-    first = None
+    losses = []
     for _ in range(STEPS):
         opt.zero_grad()
         loss = obj.d_loss(d(real), cond, "real") + obj.d_loss(d(fake), cond, "fake")
-        first = first if first is not None else loss.item()
+        losses.append(loss.item())
         loss.backward()
         opt.step()
-    assert loss.item() < 0.4 * first
+    # the median of the last 20 steps: this training has loss spikes every 20-40 steps (to 1-3.4), and where the
+    # last step falls among them moves with mere rounding (the NHWC and NCHW runs agree for 17 steps, then drift)
+    assert sorted(losses[-20:])[10] < 0.4 * losses[0], losses[-20:]
     with torch.no_grad():
         pred_real, pred_fake = d(real).logits.argmax(1), d(fake).logits.argmax(1)
     labelled = ids > 0

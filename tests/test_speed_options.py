@@ -76,6 +76,28 @@ def test_channels_last_trains_the_same(for_loop_run, tiny_cache, tmp_path):
     _assert_same_training(for_loop_run, other, atol=1e-5)
 
 
+def test_conv_layout_by_shape_trains_the_same(for_loop_run, tiny_cache, tmp_path, monkeypatch):
+    """trainer.channels_last = by_shape (the CPU default): NHWC inputs for the large-map convolutions only."""
+    from gensynth.nn import conv
+
+    nhwc_calls = []
+    arrange = conv.arrange_input
+
+    def counting(x, weight, n, layout):
+        out = arrange(x, weight, n, layout)
+        nhwc_calls.append(out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous())
+        return out
+
+    # the tiny model's maps are all large for its channels: a higher bar puts its low-resolution layers in NCHW
+    monkeypatch.setattr(conv, "CHANNELS_LAST_POSITIONS_PER_CHANNEL", 128.0)
+    monkeypatch.setattr(conv, "arrange_input", counting)
+    monkeypatch.setattr("gensynth.nn.spectral.arrange_input", counting)
+    other = _train(tmp_path, tiny_cache, "by_shape", **{"optim.implementation": "for-loop",
+                                                        "trainer.channels_last": "by_shape"})
+    assert any(nhwc_calls) and not all(nhwc_calls), f"both kinds of layers expected: {sum(nhwc_calls)} NHWC calls of {len(nhwc_calls)}"
+    _assert_same_training(for_loop_run, other, atol=1e-5)
+
+
 def test_merged_d_calls_train_the_same(for_loop_run, tiny_cache, tmp_path):
     """trainer.merge_d_calls (default on): the D step's three calls as one, each chunk with its own power iteration."""
     options = {"optim.implementation": "for-loop", "trainer.channels_last": False, "trainer.merge_d_calls": False}
@@ -200,8 +222,8 @@ def test_per_device_defaults_and_explicit_choices():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_optim_impl("auto", cpu) == "fused" and resolve_optim_impl("auto", cuda) == "fused"
     assert resolve_optim_impl("foreach", cpu) == "foreach"
-    assert resolve_channels_last("auto", cpu) is False and resolve_channels_last("auto", cuda) is True
-    assert resolve_channels_last(True, cpu) is True
+    assert resolve_channels_last("auto", cpu) == "by_shape" and resolve_channels_last("auto", cuda) == "nhwc"
+    assert resolve_channels_last(True, cpu) == "nhwc"
     p = [torch.nn.Parameter(torch.zeros(3))]
     assert make_adam(p, 1e-4, (0.0, 0.999), "auto", cpu).defaults["fused"] is True
     loop = make_adam(p, 1e-4, (0.0, 0.999), "for-loop", cpu).defaults

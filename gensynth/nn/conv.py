@@ -9,6 +9,8 @@ scaling the output and scaling the weight, which holds at any precision.)
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
@@ -44,15 +46,64 @@ def autocast_active(x: Tensor) -> bool:
     return torch.is_autocast_enabled(x.device.type)
 
 
+#: the memory-format choices of a convolution's input: "by_shape" (the default of gensynth's layers) = NHWC when the
+#: map is large for its channel count (:func:`prefers_channels_last`), NCHW otherwise; "keep" = as it comes (plain
+#: PyTorch)
+InputLayout = Literal["keep", "by_shape"]
+
+#: with ``input_layout="by_shape"``, a convolution reads a channels-last (NHWC) input when its output has at least
+#: this many positions (B*H'*W') per input channel, and a contiguous (NCHW) one otherwise. Chosen by measurement on a
+#: 2-core AMX CPU, 3x3 convolutions C -> C, forward + backward, NCHW time / NHWC time (benchmarks/README.md):
+#: positions/channel 1-4: 0.57-1.00 in fp32 and bf16 (NHWC slower for the weight-heavy 512-1024-channel maps);
+#: 8: 1.01 / 1.11 (fp32 / bf16); 16: 1.16 / 1.23; 32-64: 1.05-1.10 / 1.50-1.58.
+CHANNELS_LAST_POSITIONS_PER_CHANNEL = 8.0
+
+
+def prefers_channels_last(weight: Tensor, output_numel: int) -> bool:
+    """True when a convolution with ``weight`` (O, I/groups, kh, kw) and ``output_numel`` output elements has a map
+    large enough for its input channels that it runs faster on an NHWC input."""
+    positions = output_numel / weight.shape[0]
+    return positions >= CHANNELS_LAST_POSITIONS_PER_CHANNEL * weight.shape[1]
+
+
+def arrange_input(x: Tensor, weight: Tensor, output_numel: int, layout: InputLayout) -> Tensor:
+    """``x`` (B, C, H, W) in the memory format a convolution with ``weight`` should read (same values).
+
+    "by_shape" applies :func:`prefers_channels_last`, and only to weights stored NCHW: a model converted to NHWC as a
+    whole (``trainer.channels_last = true``) is left as it is."""
+    if layout == "keep" or x.dim() != 4 or not weight.is_contiguous():
+        return x
+    fmt = torch.channels_last if prefers_channels_last(weight, output_numel) else torch.contiguous_format
+    return x.contiguous(memory_format=fmt)
+
+
+def set_input_layout(module: nn.Module, layout: InputLayout) -> int:
+    """Set ``input_layout`` on every convolution of ``module`` that has one (:class:`Conv2d`, ``SpectralConv2d``);
+    returns how many. Results are unchanged up to rounding: the memory format only changes the summation order."""
+    if layout not in ("keep", "by_shape"):
+        raise ValueError(f"input_layout must be 'keep' or 'by_shape', got {layout!r}")
+    count = 0
+    for m in module.modules():
+        if hasattr(type(m), "input_layout"):
+            m.input_layout = layout
+            count += 1
+    return count
+
+
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and keys) that runs in fp32 under autocast when it is weight-bound
-    (:func:`autocast_keeps_fp32`)."""
+    (:func:`autocast_keeps_fp32`) and, with ``input_layout = "by_shape"``, reads its input in the memory format
+    its shape runs fastest in (:func:`arrange_input`)."""
+
+    #: "by_shape" (default) or "keep" (plain ``nn.Conv2d``); the trainer sets it from ``trainer.channels_last``
+    input_layout: InputLayout = "by_shape"
 
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(self.padding, str) or not autocast_active(x):
+        if isinstance(self.padding, str) or (self.input_layout == "keep" and not autocast_active(x)):
             return super().forward(x)
         n = conv_output_numel(x, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation)
-        if not autocast_keeps_fp32(x, self.weight, n):
+        x = arrange_input(x, self.weight, n, self.input_layout)
+        if not (autocast_active(x) and autocast_keeps_fp32(x, self.weight, n)):
             return super().forward(x)
         with torch.autocast(x.device.type, enabled=False):
             return super().forward(x.float())

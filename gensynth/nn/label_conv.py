@@ -121,4 +121,6 @@ def seg_conv2d(conv: nn.Conv2d, seg: SegInput) -> Tensor:
             out = out + F.conv2d(seg.z.to(w_z.dtype), w_z, padding=conv.padding)
     if conv.bias is not None:
         out = out + conv.bias.view(1, -1, 1, 1)
+    if getattr(conv, "input_layout", "keep") == "by_shape":
+        return out  # NHWC as the gather leaves it; the next convolution arranges its own input
     return out.contiguous()

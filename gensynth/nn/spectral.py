@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gensynth.nn.conv import autocast_active, autocast_keeps_fp32, conv_output_numel, weight_bound
+from gensynth.nn.conv import (InputLayout, arrange_input, autocast_active, autocast_keeps_fp32, conv_output_numel,
+                              weight_bound)
 
 Scale = Literal["auto", "weight", "output"]
 
@@ -84,6 +85,8 @@ class _OutputScaledConv(torch.autograd.Function):
                 per_sample = (grad * y).sum(dim=(1, 2, 3))
                 g_sigma = -torch.stack([c.sum() for c in per_sample.split(list(sizes))]) / (sigma * sigma)
                 left, right = (u * g_sigma.unsqueeze(1)).t(), v  # (out, K), (K, rest)
+            if not gw.is_contiguous() and weight.is_contiguous():
+                gw = gw.contiguous()  # an NHWC input gives an NHWC weight gradient; the parameter is NCHW
             if not gw.is_contiguous():
                 gw = gw + (left @ right).view_as(gw)
             elif sizes is None:
@@ -105,6 +108,8 @@ class SpectralConv2d(nn.Module):
 
     #: output-scaled calls use :class:`_OutputScaledConv` (in-place rank-1 gradient); False = plain autograd
     fused_backward: bool = True
+    #: "by_shape" (default) or "keep": the input's memory format per call (:func:`gensynth.nn.conv.arrange_input`)
+    input_layout: InputLayout = "by_shape"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, *, eps: float = 1e-12, scale: Scale = "auto"):
@@ -215,7 +220,9 @@ class SpectralConv2d(nn.Module):
         return weight_bound(x, self.weight_orig, self.output_numel(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        if autocast_active(x) and autocast_keeps_fp32(x, self.weight_orig, self.output_numel(x)):
+        n = self.output_numel(x)
+        x = arrange_input(x, self.weight_orig, n, self.input_layout)
+        if autocast_active(x) and autocast_keeps_fp32(x, self.weight_orig, n):
             with torch.autocast(x.device.type, enabled=False):
                 return self._forward(x.float())
         return self._forward(x)

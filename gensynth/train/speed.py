@@ -8,7 +8,7 @@ type, the setting measured fastest on that kind of device (benchmarks/README.md,
 option             CPU (measured here)    CUDA
 =================  =====================  ==========================================================
 optim.implementation  fused               fused (torch's fused Adam kernels)
-trainer.channels_last false               true (tensor-core convolutions prefer NHWC; not measured here)
+trainer.channels_last by_shape            true (tensor-core convolutions prefer NHWC; not measured here)
 trainer.tf32          -                   false: full fp32 unless asked for (both matmul and cuDNN flags)
 =================  =====================  ==========================================================
 """
@@ -18,6 +18,8 @@ from typing import Iterable, Literal
 
 import torch
 from torch import nn
+
+from gensynth.nn.conv import set_input_layout
 
 OptimImpl = Literal["auto", "fused", "foreach", "for-loop"]
 
@@ -38,16 +40,29 @@ def make_adam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, flo
     return torch.optim.Adam(list(params), lr=lr, betas=betas, **kwargs)
 
 
-def resolve_channels_last(setting: bool | Literal["auto"], device: torch.device) -> bool:
-    """'auto' -> True on CUDA, False on CPU (measured: NHWC was slower for OASIS on this CPU)."""
+MemoryLayout = Literal["nchw", "nhwc", "by_shape"]
+
+
+def resolve_channels_last(setting: bool | Literal["auto", "by_shape"], device: torch.device) -> MemoryLayout:
+    """``trainer.channels_last`` -> the layout to apply: True -> 'nhwc', False -> 'nchw', 'by_shape' as is, and
+    'auto' -> 'nhwc' on CUDA, 'by_shape' on CPU (measured on CPU: whole-model NHWC was slower for OASIS, per-layer
+    choice faster; benchmarks/README.md)."""
     if setting == "auto":
-        return device.type == "cuda"
-    return bool(setting)
+        return "nhwc" if device.type == "cuda" else "by_shape"
+    if setting == "by_shape":
+        return "by_shape"
+    return "nhwc" if setting else "nchw"
 
 
-def to_channels_last(module: nn.Module) -> nn.Module:
-    """Store the 4D parameters and buffers of ``module`` channels-last (NHWC); results are unchanged."""
-    return module.to(memory_format=torch.channels_last)
+def apply_memory_layout(module: nn.Module, layout: MemoryLayout) -> nn.Module:
+    """'nhwc': store the 4D parameters and buffers of ``module`` channels-last (the trainer feeds NHWC batches);
+    'nchw': NCHW parameters; with either, every gensynth convolution keeps its input's format (plain PyTorch).
+    'by_shape': NCHW parameters, and each convolution picks NHWC or NCHW per call
+    (:func:`gensynth.nn.conv.arrange_input`). Results are unchanged up to rounding."""
+    set_input_layout(module, "by_shape" if layout == "by_shape" else "keep")
+    if layout == "nhwc":
+        module.to(memory_format=torch.channels_last)
+    return module
 
 
 def set_tf32(device: torch.device, enabled: bool) -> None:

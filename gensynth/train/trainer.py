@@ -33,7 +33,7 @@ from gensynth.train.precision import autocast, make_scaler
 from gensynth.train.samples import make_grid, palette, save_png
 from gensynth.train.schedule import make_scheduler
 from gensynth.train.signals import StopRequest
-from gensynth.train.speed import make_adam, resolve_channels_last, set_tf32, to_channels_last
+from gensynth.train.speed import apply_memory_layout, make_adam, resolve_channels_last, set_tf32
 from gensynth.train.state import capture_rng, restore_rng, seed_everything
 
 
@@ -122,11 +122,10 @@ class Trainer:
         # identical initial weights on every rank: same seed before building
         seed_everything(cfg.trainer.seed)
         set_tf32(self.device, cfg.trainer.tf32)
-        self.channels_last = resolve_channels_last(cfg.trainer.channels_last, self.device)
+        self.layout = resolve_channels_last(cfg.trainer.channels_last, self.device)
         self.G = build_generator(self.parts).to(self.device)
         self.D = build_discriminator(self.parts).to(self.device)
-        if self.channels_last:
-            to_channels_last(self.G), to_channels_last(self.D)
+        apply_memory_layout(self.G, self.layout), apply_memory_layout(self.D, self.layout)
         self.method = build_method(self.parts)
         if hasattr(self.method, "merge_d_calls"):
             self.method.merge_d_calls = cfg.trainer.merge_d_calls
@@ -288,7 +287,7 @@ class Trainer:
                                               dontcare=self.spec.dontcare)
         if getattr(self.G, "uses_style_image", False) and cond.style_image is None:
             cond.style_image = real
-        if self.channels_last:
+        if self.layout == "nhwc":
             real, cond = real.contiguous(memory_format=torch.channels_last), cond.to_memory_format(torch.channels_last)
         return real, cond
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from gensynth.errors import ConfigError
 from gensynth.interfaces import Condition, Discriminator, DiscriminatorOutput, DOutputKind
+from gensynth.nn.conv import Conv2d
 from gensynth.nn.spade import init_xavier, maybe_sn
 
 OFFICIAL_D_CHANNELS = (3, 128, 128, 256, 256, 512, 512)
@@ -162,7 +163,7 @@ class UNetDiscriminatorBase(Discriminator):
         self.num_res_blocks = options.num_res_blocks
         self.body_down = build_encoder(self.channels, options.spectral)
         self.body_up = build_decoder(self.channels, self.last_channels, options.spectral)
-        self.layer_up_last = nn.Conv2d(self.last_channels, out_channels, 1)
+        self.layer_up_last = Conv2d(self.last_channels, out_channels, 1)
 
     def unet(self, x: Tensor) -> Tensor:
         check_divisible(x.shape[-2], x.shape[-1], self.num_res_blocks)

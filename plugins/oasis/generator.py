@@ -84,7 +84,7 @@ class OASISGenerator(Generator):
             SPADEResBlock(self.widths[i], self.widths[i + 1], in_nc, spectral=opt.spectral, norm=opt.norm,
                           hidden=opt.spade_hidden, kernel_size=opt.spade_ks)
             for i in range(opt.num_res_blocks))
-        self.conv_img = nn.Conv2d(self.widths[-1], 3, 3, padding=1)
+        self.conv_img = Conv2d(self.widths[-1], 3, 3, padding=1)
         init_xavier(self)
 
     # ------------------------------------------------------------------------------------------
