@@ -28,12 +28,14 @@ from train_step import CONFIGS, CPU_CONFIGS, _overrides, _sync  # noqa: E402
 from gensynth.build import build_generator, resolve_parts  # noqa: E402
 from gensynth.config import resolve  # noqa: E402
 from gensynth.interfaces import Condition, one_hot  # noqa: E402
+from gensynth.nn.conv import set_input_layout  # noqa: E402
 from gensynth.nn.spectral import SpectralConv2d  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
 
 
-def gensynth_generator(preset: str, config: str, sn: str, device: torch.device, factored: bool = True):
+def gensynth_generator(preset: str, config: str, sn: str, device: torch.device, factored: bool = True,
+                       layout: str = "by_shape"):
     data, size = CONFIGS[config]
     cfg, _ = resolve(_overrides(preset, data, size, 1))
     parts = resolve_parts(cfg)
@@ -44,6 +46,7 @@ def gensynth_generator(preset: str, config: str, sn: str, device: torch.device, 
             m.scale = sn
     if hasattr(G, "factored_labels"):
         G.factored_labels = factored
+    set_input_layout(G, layout)
     G.train()
     with torch.no_grad():  # a few training-mode calls so that BN statistics and u, v are not at their init
         for _ in range(2):
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
         for config in configs:
             builders = [("gensynth", lambda: gensynth_generator(preset, config, "auto", device)),
                         ("gensynth, official settings",
-                         lambda: gensynth_generator(preset, config, "weight", device, factored=False))]
+                         lambda: gensynth_generator(preset, config, "weight", device, factored=False,
+                                                    layout="keep"))]
             if args.official and preset == "oasis":
                 builders.insert(0, ("official code", lambda: official_generator(args.official, preset, config,
                                                                                 device)))

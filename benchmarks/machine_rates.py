@@ -37,7 +37,9 @@ def machine_info(device: torch.device) -> dict:
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            # PyTorch's huge-page advice for large CPU tensors (gensynth's command line turns it on: gensynth/runtime.py)
+            "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE")}
 
 
 def dense_rates(device: torch.device) -> dict[str, float]:

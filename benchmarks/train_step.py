@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
                 names.append(COMPILED.name)
             if args.variants:
                 names = [n for n in names if n in args.variants or n == "official code"]
-            ref_time = None
+            ref_time = ref_times = None
             measured = interleaved(args, preset, config, names, device) if args.interleave else {}
             for name in names:
                 if name in measured:
@@ -389,18 +389,22 @@ def main(argv: list[str] | None = None) -> dict:
                     peak = child_peak_memory(args, preset, config, name)
                 sec = statistics.median(times)
                 ref_time = ref_time or sec
+                ref_times = ref_times or times
+                # interleaved: the median of the per-round ratios, less sensitive to a slow spell of the machine
+                paired = (statistics.median(r / t for r, t in zip(ref_times, times)) if name in measured else None)
                 prec = "bf16" if "bf16" in name else "fp32"
                 row = {"preset": preset, "config": config, "batch": args.batch, "variant": name, "seconds": sec,
                        "times": times, "images_per_s": args.batch / sec, "gflop": flops / 1e9,
                        "gflop_per_s": flops / sec / 1e9,
                        "fraction_of_conv": flops / sec / 1e9 / rates[f"conv_{prec}"],
                        "fraction_of_matmul": flops / sec / 1e9 / rates[f"matmul_{prec}"],
-                       "speedup_vs_reference": ref_time / sec, "peak_mb": peak,
+                       "speedup_vs_reference": ref_time / sec, "paired_speedup": paired, "peak_mb": peak,
                        "params_g": g_params, "params_d": d_params}
                 rows.append(row)
                 print(f"{preset:>6} {config:>18} {name:>40}: {sec:7.3f} s  {row['images_per_s']:6.2f} img/s  "
                       f"{row['gflop']:6.1f} GFLOP  {row['gflop_per_s']:6.1f} GFLOP/s  "
-                      f"{100 * row['fraction_of_conv']:4.0f}% conv  x{row['speedup_vs_reference']:.2f}  "
+                      f"{100 * row['fraction_of_conv']:4.0f}% conv  x{row['speedup_vs_reference']:.2f}"
+                      f"{'' if paired is None else f' (paired x{paired:.2f})'}  "
                       f"peak {peak if peak is None else round(peak)} MB", flush=True)
             ref_mem = rows[-len(names)]["peak_mb"]
             for r in rows[-len(names):]:
@@ -418,14 +422,16 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| preset | config | variant | s/iter | img/s | GFLOP | GFLOP/s | % conv | speed-up | peak MB | memory |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| preset | config | variant | s/iter | img/s | GFLOP | GFLOP/s | % conv | speed-up | paired | peak MB "
+          "| memory |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mem = f"{r['peak_mb']:.0f}" if r["peak_mb"] else "-"
         mrel = f"{r['memory_vs_reference']:.2f}" if r.get("memory_vs_reference") else "-"
+        paired = "-" if r.get("paired_speedup") is None else f"{r['paired_speedup']:.2f}"
         print(f"| {r['preset']} | {r['config']} | {r['variant']} | {r['seconds']:.2f} | {r['images_per_s']:.2f} | "
               f"{r['gflop']:.0f} | {r['gflop_per_s']:.0f} | {100 * r['fraction_of_conv']:.0f}% | "
-              f"{r['speedup_vs_reference']:.2f} | {mem} | {mrel} |")
+              f"{r['speedup_vs_reference']:.2f} | {paired} | {mem} | {mrel} |")
 
 
 if __name__ == "__main__":

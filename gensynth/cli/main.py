@@ -4,11 +4,15 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
-from rich.console import Console
+from gensynth.runtime import prefer_huge_pages
 
-from gensynth import __version__
-from gensynth.errors import GensynthError
+prefer_huge_pages()  # before anything imports torch: PyTorch reads it at its first allocation
+
+import click  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from gensynth import __version__  # noqa: E402
+from gensynth.errors import GensynthError  # noqa: E402
 
 # command modules of the core, each defining ``command`` (a click command or group)
 CORE_COMMANDS = ["train", "generate", "evaluate", "segment", "segmenter", "datasets", "models", "plugins", "compare"]
