@@ -46,10 +46,9 @@ from machine_rates import dense_rates, machine_info  # noqa: E402
 from gensynth.build import build_discriminator, build_generator, build_method, resolve_parts  # noqa: E402
 from gensynth.config import resolve  # noqa: E402
 from gensynth.interfaces import Condition, one_hot  # noqa: E402
-from gensynth.nn.conv import set_input_layout  # noqa: E402
 from gensynth.nn.spectral import SpectralConv2d  # noqa: E402
 from gensynth.train.ema import EMA  # noqa: E402
-from gensynth.train.speed import make_adam  # noqa: E402
+from gensynth.train.speed import apply_memory_layout, make_adam  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 
@@ -73,15 +72,14 @@ class Variant:
     freeze_d: bool = True     # D's weight gradients skipped in the G step; gradients released after each step
     ema: str = "foreach"      # foreach | per-key (official update_EMA)
     precision: str = "fp32"   # fp32 | bf16
-    channels_last: bool = False
     compile: bool = False
     factored: bool = True     # label convolutions on the factored [noise ; one-hot] map (gensynth.nn.label_conv)
     merge_d: bool = True      # the D step's fake/real/LabelMix calls as one (trainer.merge_d_calls)
-    layout: str = "by_shape"  # convolution input memory format: keep | by_shape (gensynth.nn.conv.arrange_input)
+    layout: str = "by_shape"  # nchw | nhwc | by_shape, as trainer.channels_last (gensynth.train.speed)
 
 
 OFFICIAL_SETTINGS = Variant("gensynth, official settings", sn="weight", adam="for-loop", freeze_d=False, ema="per-key",
-                            factored=False, merge_d=False, layout="keep")
+                            factored=False, merge_d=False, layout="nchw")
 LADDER = [
     OFFICIAL_SETTINGS,
     replace(OFFICIAL_SETTINGS, name="+ spectral norm on outputs", sn="auto"),
@@ -95,7 +93,7 @@ LADDER = [
             ema="foreach", factored=True, merge_d=True),
     Variant("gensynth fp32 (default: + conv input layout by shape)"),
     Variant("gensynth bf16 autocast", precision="bf16"),
-    Variant("gensynth fp32 channels-last", channels_last=True),
+    Variant("gensynth fp32 channels-last", layout="nhwc"),
 ]
 COMPILED = Variant("gensynth fp32 torch.compile", compile=True)
 
@@ -158,11 +156,7 @@ class GensynthRun:
                     m.scale = variant.sn
         if hasattr(self.G, "factored_labels"):
             self.G.factored_labels = variant.factored
-        layout = "keep" if variant.channels_last else variant.layout  # as the trainer's channels_last=true
-        set_input_layout(self.G, layout), set_input_layout(self.D, layout)
-        if variant.channels_last:
-            self.G.to(memory_format=torch.channels_last)
-            self.D.to(memory_format=torch.channels_last)
+        apply_memory_layout(self.G, variant.layout), apply_memory_layout(self.D, variant.layout)
         oc = cfg.optim
         betas = (oc.beta1, oc.beta2)
         self.opt_g = make_adam(self.G.parameters(), oc.lr_g, betas, variant.adam, device)
@@ -175,7 +169,7 @@ class GensynthRun:
         self.real = (torch.rand(batch, 3, *size, generator=g) * 2 - 1).to(device)
         ids = self.ids.to(device)
         self.cond = Condition(one_hot(ids, n), ids=ids)  # as the trainer's data loader builds it
-        if variant.channels_last:
+        if variant.layout == "nhwc":  # as the trainer feeds batches
             self.real = self.real.contiguous(memory_format=torch.channels_last)
             self.cond = self.cond.to_memory_format(torch.channels_last)
         self.sums: dict[str, torch.Tensor] = {}

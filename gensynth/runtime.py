@@ -5,7 +5,7 @@ the process's first allocation; when it is set, tensors of 2 MB and more are ali
 pages (``madvise``), so that touching a fresh tensor costs one page fault per 2 MB instead of one per 4 KB. A
 training step allocates its gradients, autocast weight copies and large activations afresh every iteration:
 one fresh 38 MB weight gradient (OASIS's 1024x1024x3x3 layers) took 24 ms to fill without and 8 ms with the
-setting, and a bf16 OASIS Cityscapes 64x128 iteration went from 2.82 to 2.44 s on a 2-core AMX CPU
+setting, and a bf16 OASIS Cityscapes 64x128 iteration from 2.55-2.62 to 2.13-2.38 s on a 2-core AMX CPU
 (benchmarks/README.md, "Huge pages"). Results are unchanged: only where memory comes from changes. It needs
 the kernel's THP mode ``always`` or ``madvise`` (``/sys/kernel/mm/transparent_hugepage/enabled``); elsewhere it
 is a no-op. A value the user set, ``0`` included, is left alone (PyTorch reads it with C's ``atoi``: ``true``
