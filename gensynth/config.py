@@ -92,7 +92,8 @@ class TrainerConfig(Section):
     compile_backend: str = Field("inductor", description="torch.compile backend when trainer.compile is on")
     channels_last: Union[bool, Literal["auto", "by_shape"]] = Field(
         "auto", description="memory format: true = NHWC models and batches; false = NCHW throughout; by_shape = "
-                            "NCHW weights, each convolution reading NHWC when its map is large for its channels; "
+                            "NCHW weights, each convolution reading NHWC when its map is large for its channels, and "
+                            "weight-bound CPU convolutions run as matrix products (gensynth.nn.gemm_conv); "
                             "auto = true on CUDA, by_shape on CPU")
     merge_d_calls: bool = Field(True, description="judge the D step's fake, real and LabelMix images in one "
                                                    "discriminator call when D is batch-independent (same results up "

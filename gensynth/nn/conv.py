@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from gensynth.nn.gemm_conv import gemm_conv2d, prefers_gemm
+
 
 def conv_output_numel(x: Tensor, out_channels: int, kernel_size, stride, padding, dilation) -> int:
     """Elements of a 2D convolution's output for input ``x`` (B, C, H, W) (numeric padding)."""
@@ -46,9 +48,10 @@ def autocast_active(x: Tensor) -> bool:
     return torch.is_autocast_enabled(x.device.type)
 
 
-#: the memory-format choices of a convolution's input: "by_shape" (the default of gensynth's layers) = NHWC when the
-#: map is large for its channel count (:func:`prefers_channels_last`), NCHW otherwise; "keep" = as it comes (plain
-#: PyTorch)
+#: how a convolution reads its input: "by_shape" (the default of gensynth's layers) = NHWC when the map is large for
+#: its channel count (:func:`prefers_channels_last`), NCHW otherwise, and a CPU call that is bound by its weight
+#: runs as matrix products over the unfolded input (:func:`gensynth.nn.gemm_conv.prefers_gemm`); "keep" = as it
+#: comes, through the plain PyTorch convolution
 InputLayout = Literal["keep", "by_shape"]
 
 #: with ``input_layout="by_shape"``, a convolution reads a channels-last (NHWC) input when its output has at least
@@ -93,7 +96,8 @@ def set_input_layout(module: nn.Module, layout: InputLayout) -> int:
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and keys) that runs in fp32 under autocast when it is weight-bound
     (:func:`autocast_keeps_fp32`) and, with ``input_layout = "by_shape"``, reads its input in the memory format
-    its shape runs fastest in (:func:`arrange_input`)."""
+    its shape runs fastest in (:func:`arrange_input`), or as matrix products when the weight bounds it on the CPU
+    (:func:`gensynth.nn.gemm_conv.prefers_gemm`)."""
 
     #: "by_shape" (default) or "keep" (plain ``nn.Conv2d``); the trainer sets it from ``trainer.channels_last``
     input_layout: InputLayout = "by_shape"
@@ -104,6 +108,12 @@ class Conv2d(nn.Conv2d):
         n = conv_output_numel(x, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation)
         x = arrange_input(x, self.weight, n, self.input_layout)
         if not (autocast_active(x) and autocast_keeps_fp32(x, self.weight, n)):
-            return super().forward(x)
+            return self._conv(x, n)
         with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x.float())
+            return self._conv(x.float(), n)
+
+    def _conv(self, x: Tensor, output_numel: int) -> Tensor:
+        if (self.input_layout == "by_shape" and self.padding_mode == "zeros"
+                and prefers_gemm(x, self.weight, output_numel, self.groups)):
+            return gemm_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return super().forward(x)

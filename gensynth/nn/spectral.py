@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from gensynth.nn.conv import (InputLayout, arrange_input, autocast_active, autocast_keeps_fp32, conv_output_numel,
                               weight_bound)
+from gensynth.nn.gemm_conv import gemm_conv2d, gemm_conv2d_backward, gemm_conv2d_forward, prefers_gemm
 
 Scale = Literal["auto", "weight", "output"]
 
@@ -50,17 +51,22 @@ class _OutputScaledConv(torch.autograd.Function):
 
     The backward adds sigma's rank-1 weight gradients ``g_sigma_k * u_k v_k^T`` in place (``addr_``/``addmm_``)
     into the convolution's weight gradient instead of materialising them and summing weight-sized tensors (what
-    autograd does through ``dot(u, mv(W, v))``). First-order only: a double backward raises."""
+    autograd does through ``dot(u, mv(W, v))``); with ``gemm`` (a weight-bound CPU call,
+    :mod:`gensynth.nn.gemm_conv`) the convolution runs as matrix products and those terms join the weight
+    gradient's product. First-order only: a double backward raises."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, u, v, sigma, stride, padding, dilation, groups, sizes=None):
-        y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    def forward(ctx, x, weight, bias, u, v, sigma, stride, padding, dilation, groups, sizes=None, gemm=False):
+        if gemm:
+            y = gemm_conv2d_forward(x, weight, stride, padding, dilation)
+        else:
+            y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
         inv = torch.reciprocal(sigma)
         if sizes is not None:
             inv = _per_sample(inv, sizes)
         out = y * inv if bias is None else torch.addcmul(bias.view(1, -1, 1, 1), y, inv)
         ctx.save_for_backward(x, weight, u, v, y, sigma)
-        ctx.conf = (stride, padding, dilation, groups, sizes)
+        ctx.conf = (stride, padding, dilation, groups, sizes, gemm)
         return out
 
     @staticmethod
@@ -70,21 +76,29 @@ class _OutputScaledConv(torch.autograd.Function):
                                "a graph (create_graph=True, e.g. a gradient penalty); set "
                                "gensynth.nn.spectral.SpectralConv2d.fused_backward = False for such models")
         x, weight, u, v, y, sigma = ctx.saved_tensors
-        stride, padding, dilation, groups, sizes = ctx.conf
+        stride, padding, dilation, groups, sizes, gemm = ctx.conf
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gx = gw = gb = None
-        if need_x or need_w:
-            scaled = grad / sigma if sizes is None else grad * _per_sample(torch.reciprocal(sigma), sizes)
-            gx, gw, _ = torch.ops.aten.convolution_backward(
-                scaled, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need_x, need_w, False])
+        rank = None
         if need_w:  # d(y / sigma) / d sigma = -y / sigma^2, d sigma / dW = u v^T
             if sizes is None:
                 g_sigma = -(grad * y).sum() / (sigma * sigma)
-                left, right = (u * g_sigma).unsqueeze(1), v.unsqueeze(0)  # (out, 1), (1, rest)
+                rank = (u * g_sigma).unsqueeze(1), v.unsqueeze(0)  # (out, 1), (1, rest)
             else:
                 per_sample = (grad * y).sum(dim=(1, 2, 3))
                 g_sigma = -torch.stack([c.sum() for c in per_sample.split(list(sizes))]) / (sigma * sigma)
-                left, right = (u * g_sigma.unsqueeze(1)).t(), v  # (out, K), (K, rest)
+                rank = (u * g_sigma.unsqueeze(1)).t(), v  # (out, K), (K, rest)
+        if need_x or need_w:
+            scaled = grad / sigma if sizes is None else grad * _per_sample(torch.reciprocal(sigma), sizes)
+            if gemm:  # sigma's rank-R term goes into the weight gradient's matrix product
+                gx, gw = gemm_conv2d_backward(scaled, x, weight, stride, padding, dilation, need_x, need_w, rank)
+                rank = None
+            else:
+                gx, gw, _ = torch.ops.aten.convolution_backward(
+                    scaled, x, weight, None, stride, padding, dilation, False, [0, 0], groups,
+                    [need_x, need_w, False])
+        if rank is not None:
+            left, right = rank
             if not gw.is_contiguous() and weight.is_contiguous():
                 gw = gw.contiguous()  # an NHWC input gives an NHWC weight gradient; the parameter is NCHW
             if not gw.is_contiguous():
@@ -95,7 +109,7 @@ class _OutputScaledConv(torch.autograd.Function):
                 gw.view(gw.shape[0], -1).addmm_(left, right)
         if need_b:
             gb = grad.sum(dim=(0, 2, 3))
-        return gx, gw, gb, None, None, None, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None, None, None, None, None
 
 
 class SpectralConv2d(nn.Module):
@@ -233,13 +247,23 @@ class SpectralConv2d(nn.Module):
         if self.scales_output(x) and self._fusable(x):
             u, v, sigma = self._constants(power_iteration=self.training)
             return _OutputScaledConv.apply(x, self.weight_orig, self.bias, u, v, sigma, self.stride, self.padding,
-                                           self.dilation, self.groups)
+                                           self.dilation, self.groups, None, self._gemm(x))
         sigma = self._sigma(power_iteration=self.training)
         if not self.scales_output(x):
             return F.conv2d(x, self.weight_orig / sigma, self.bias, self.stride, self.padding, self.dilation,
                             self.groups)
-        out = F.conv2d(x, self.weight_orig, None, self.stride, self.padding, self.dilation, self.groups)
-        return self._divided_plus_bias(out, torch.reciprocal(sigma))
+        return self._divided_plus_bias(self._unscaled_conv(x), torch.reciprocal(sigma))
+
+    def _gemm(self, x: Tensor) -> bool:
+        """Whether this call runs as matrix products (:func:`gensynth.nn.gemm_conv.prefers_gemm`)."""
+        return (self.input_layout == "by_shape"
+                and prefers_gemm(x, self.weight_orig, self.output_numel(x), self.groups))
+
+    def _unscaled_conv(self, x: Tensor) -> Tensor:
+        """conv2d(x, weight_orig) without bias (differentiable)."""
+        if self._gemm(x):
+            return gemm_conv2d(x, self.weight_orig, None, self.stride, self.padding, self.dilation)
+        return F.conv2d(x, self.weight_orig, None, self.stride, self.padding, self.dilation, self.groups)
 
     def _fusable(self, x: Tensor) -> bool:
         """Whether an output-scaled call can use :class:`_OutputScaledConv` (training in x's own precision)."""
@@ -263,12 +287,11 @@ class SpectralConv2d(nn.Module):
         u, v = torch.stack(us), torch.stack(vs)
         if self._fusable(x):
             return _OutputScaledConv.apply(x, self.weight_orig, self.bias, u, v, torch.stack(sigmas), self.stride,
-                                           self.padding, self.dilation, self.groups, tuple(sizes))
+                                           self.padding, self.dilation, self.groups, tuple(sizes), self._gemm(x))
         w = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
         with torch.autocast(x.device.type, enabled=False):  # autocast would run this matmul in bf16/fp16
             sigma = ((u @ w) * v).sum(dim=1)  # (K,) u_k^T W v_k, differentiable in W
-        out = F.conv2d(x, self.weight_orig, None, self.stride, self.padding, self.dilation, self.groups)
-        return self._divided_plus_bias(out, _per_sample(torch.reciprocal(sigma), tuple(sizes)))
+        return self._divided_plus_bias(self._unscaled_conv(x), _per_sample(torch.reciprocal(sigma), tuple(sizes)))
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -58,7 +58,8 @@ def apply_memory_layout(module: nn.Module, layout: MemoryLayout) -> nn.Module:
     """'nhwc': store the 4D parameters and buffers of ``module`` channels-last (the trainer feeds NHWC batches);
     'nchw': NCHW parameters; with either, every gensynth convolution keeps its input's format (plain PyTorch).
     'by_shape': NCHW parameters, and each convolution picks NHWC or NCHW per call
-    (:func:`gensynth.nn.conv.arrange_input`). Results are unchanged up to rounding."""
+    (:func:`gensynth.nn.conv.arrange_input`), weight-bound CPU calls as matrix products
+    (:mod:`gensynth.nn.gemm_conv`). Results are unchanged up to rounding."""
     set_input_layout(module, "by_shape" if layout == "by_shape" else "keep")
     if layout == "nhwc":
         module.to(memory_format=torch.channels_last)
