@@ -17,7 +17,7 @@ process, and the peak memory. Reference runs in the same process:
     python benchmarks/train_step.py --official ~/OASIS --configs ade20k-64x64 --repeats 5
     python benchmarks/train_step.py --device cuda --configs ade20k-256x256 cityscapes-256x512 --batch 4
     python benchmarks/train_step.py --official ~/OASIS --presets oasis --interleave \
-        --variants "gensynth fp32 (default: + conv input layout by shape)" "gensynth bf16 autocast"
+        --variants "gensynth fp32 (default: + convolutions by shape)" "gensynth bf16 autocast"
 
 Peak memory: CUDA ``max_memory_allocated``; on CPU the peak resident set size of a child process that runs the
 variant alone (``--memory``, on by default on CPU), minus the resident size after importing torch and gensynth.
@@ -91,7 +91,7 @@ LADDER = [
             ema="foreach", factored=True),
     replace(OFFICIAL_SETTINGS, name="+ D step's calls merged", sn="auto", adam="fused", freeze_d=True,
             ema="foreach", factored=True, merge_d=True),
-    Variant("gensynth fp32 (default: + conv input layout by shape)"),
+    Variant("gensynth fp32 (default: + convolutions by shape)"),
     Variant("gensynth bf16 autocast", precision="bf16"),
     Variant("gensynth fp32 channels-last", layout="nhwc"),
 ]

@@ -5,12 +5,28 @@ Other tests (generate, evaluate, segment) load it with ``gensynth.api.load_model
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # child processes (torchrun, subprocess) must not oversubscribe the 2 cores; the main process keeps 2 threads
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _child_temp_files_under_pytest_tmp(tmp_path_factory):
+    """Temporary files of child processes and in-process launches (torchrun's ``torchelastic_*`` log directories,
+    which it leaves behind) go under pytest's base temporary directory, which pytest prunes, not the machine's /tmp."""
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("child-tmp"))
+    tempfile.tempdir = None  # in-process launches (gensynth train --nproc) read it too
+    yield
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+    tempfile.tempdir = None
 
 
 def tiny_overrides(run_dir: str | Path, cache_dir: str | Path, **extra) -> dict:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import spectral_norm
 
+from gensynth.nn.conv import AUTOCAST_FP32_RATIO
 from gensynth.nn.spade import maybe_sn
 from gensynth.nn.spectral import SpectralConv2d, consecutive_calls
 
@@ -128,9 +129,10 @@ def test_auto_scales_the_smaller_of_output_and_weight():
 
 @pytest.mark.parametrize("scale", ["weight", "output"])
 def test_autocast_runs_weight_bound_calls_in_fp32_and_the_rest_in_bf16(scale):
-    ref, ours = _pair(scale=scale)
-    # outputs 20 < weight 270 / AUTOCAST_FP32_RATIO (4) < 80 < weight < 2560
-    small, mid, large = torch.randn(1, 6, 2, 2), torch.randn(1, 6, 4, 4), torch.randn(2, 6, 16, 16)
+    ref, ours = _pair(cin=24, cout=20, scale=scale)
+    # outputs 40 < weight 4320 / AUTOCAST_FP32_RATIO (64) < 320 < weight < 10240
+    assert 40 < 4320 / AUTOCAST_FP32_RATIO < 320
+    small, mid, large = torch.randn(1, 24, 1, 2), torch.randn(1, 24, 4, 4), torch.randn(2, 24, 16, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_small, y_mid, y_large = ours(small), ours(mid), ours(large)
         r_small, _, _ = ref(small), ref(mid), ref(large)  # the same number of power-iteration updates
@@ -145,17 +147,17 @@ def test_plain_conv_keeps_nn_conv2d_results_and_keys():
     from gensynth.nn.conv import Conv2d
 
     torch.manual_seed(0)
-    plain = nn.Conv2d(8, 4, 3, padding=1)
-    ours = Conv2d(8, 4, 3, padding=1)
+    plain = nn.Conv2d(16, 8, 3, padding=1)
+    ours = Conv2d(16, 8, 3, padding=1)
     ours.load_state_dict(plain.state_dict())
     assert isinstance(ours, nn.Conv2d) and list(ours.state_dict()) == ["weight", "bias"]
-    small, large = torch.randn(1, 8, 2, 2), torch.randn(2, 8, 16, 16)  # outputs 16 and 2048 vs weight 288
+    small, large = torch.randn(1, 16, 1, 2), torch.randn(2, 16, 16, 16)  # outputs 16 and 4096 vs weight 1152
     assert torch.equal(ours(large), plain(large))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert ours(small).dtype == torch.float32 and ours(large).dtype == torch.bfloat16
         got = ours(small)
         with torch.autocast("cpu", enabled=False):
-            assert torch.equal(got, plain(small))
+            torch.testing.assert_close(got, plain(small), rtol=1e-6, atol=1e-6)  # fp32 (as matrix products)
 
 
 def test_maybe_sn_choices_and_bad_scale():

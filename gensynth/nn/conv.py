@@ -1,11 +1,12 @@
 """Convolutions that choose their precision under autocast by what bounds them: arithmetic or reading the weight.
 
-A convolution with far fewer output elements than weight elements (under a quarter: OASIS's 256- to 1024-channel
-layers on maps of up to 16x16 at batch 1) does few operations per weight number: its time goes into reading the
+A convolution with far fewer output elements than weight elements (under 1/64: OASIS's 512- to 1024-channel
+layers on maps of up to 8x16 at batch 1) does few operations per weight number: its time goes into reading the
 weight, and under autocast into casting the weight to bf16/fp16 and the weight gradient back. Such calls run in
-fp32 -- faster, and closer to fp32 numerics; the compute-bound calls keep autocast's low precision. Outside autocast
-nothing changes. (:func:`weight_bound`, output smaller than weight, is the spectral-norm layers' choice between
-scaling the output and scaling the weight, which holds at any precision.)
+fp32 -- faster, and closer to fp32 numerics (on the CPU as matrix products, :mod:`gensynth.nn.gemm_conv`); the
+other calls keep autocast's low precision. Outside autocast nothing changes. (:func:`weight_bound`, output smaller
+than weight, is the spectral-norm layers' choice between scaling the output and scaling the weight, which holds at
+any precision.)
 """
 from __future__ import annotations
 
@@ -32,10 +33,12 @@ def weight_bound(x: Tensor, weight: Tensor, output_numel: int) -> bool:
 
 
 #: under autocast, a convolution runs in fp32 when its output has fewer than 1/AUTOCAST_FP32_RATIO as many elements as
-#: its weight. Chosen by measurement on a 2-core AMX CPU, bf16 OASIS iteration at batch 1: ADE20K 64x64 took
-#: 2.04 / 1.70 / 1.83 / 1.81 / 1.78 s with ratio 1 / 2 / 3 / 4 / 8 (2.60 s with every convolution in bf16);
-#: Cityscapes 64x128 showed no difference beyond the noise (2.6-3.5 s across ratios and runs).
-AUTOCAST_FP32_RATIO = 4.0
+#: its weight. Chosen by measurement on a 2-core AMX CPU, bf16 OASIS iteration at batch 1. Before weight-bound calls
+#: ran as matrix products, ADE20K 64x64 took 2.04 / 1.70 / 1.83 / 1.81 / 1.78 s with ratio 1 / 2 / 3 / 4 / 8 (2.60 s
+#: with every convolution in bf16). With them (the same 64 as gensynth.nn.gemm_conv.GEMM_WEIGHT_PER_OUTPUT), two runs
+#: interleaved in one process, median of per-round time ratios against ratio 4: Cityscapes 64x128 1.07 / 1.06 / 1.08
+#: faster with ratio 16 / 32 / 64 (1.07 at 64 without huge pages), ADE20K 1.02 / 1.03 with ratio 16 / 64.
+AUTOCAST_FP32_RATIO = 64.0
 
 
 def autocast_keeps_fp32(x: Tensor, weight: Tensor, output_numel: int) -> bool:

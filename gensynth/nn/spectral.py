@@ -13,7 +13,7 @@ numbers applied to a 4x4 map) the output is hundreds of times smaller than the w
 output instead whenever it has fewer elements than the weight (``scale="auto"``). Both forms are the same
 function; they differ only in floating-point rounding (relative ~1e-6 in fp32, see tests/test_spectral.py).
 
-Under autocast, a layer whose output is much smaller than its weight (under a quarter) is bound by reading the
+Under autocast, a layer whose output is much smaller than its weight (under 1/64) is bound by reading the
 weight, not by arithmetic: casting the weight to bf16/fp16 and back (and the low-precision weight gradient) costs
 more than the convolution saves, so such calls run in fp32 (:func:`gensynth.nn.conv.autocast_keeps_fp32`);
 compute-bound layers run in low precision.
