@@ -11,6 +11,9 @@ optim.implementation  fused               fused (torch's fused Adam kernels)
 trainer.channels_last by_shape            true (tensor-core convolutions prefer NHWC; not measured here)
 trainer.tf32          -                   false: full fp32 unless asked for (both matmul and cuDNN flags)
 =================  =====================  ==========================================================
+
+``by_shape`` also runs weight-bound CPU convolutions as matrix products (:mod:`gensynth.nn.gemm_conv`; never on
+CUDA, where it was not measured).
 """
 from __future__ import annotations
 
