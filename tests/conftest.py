@@ -4,11 +4,13 @@ Other tests (generate, evaluate, segment) load it with ``gensynth.api.load_model
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 # child processes (torchrun, subprocess) must not oversubscribe the 2 cores; the main process keeps 2 threads
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -27,6 +29,18 @@ def _child_temp_files_under_pytest_tmp(tmp_path_factory):
     else:
         os.environ["TMPDIR"] = old
     tempfile.tempdir = None
+
+
+def spectral_train_call(module, x, sizes=None) -> tuple:
+    """One training forward of a spectral-norm layer on a copy of ``x`` (as ``len(sizes)`` consecutive calls when
+    given) and a backward of a fixed ramp: (output, input grad, weight_orig grad, bias grad)."""
+    from gensynth.nn.spectral import consecutive_calls
+
+    xi = x.clone().requires_grad_()
+    with consecutive_calls(module, sizes) if sizes else contextlib.nullcontext():
+        y = module(xi)
+    y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+    return y, xi.grad, module.weight_orig.grad, module.bias.grad
 
 
 def tiny_overrides(run_dir: str | Path, cache_dir: str | Path, **extra) -> dict:

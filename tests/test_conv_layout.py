@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import spectral_train_call
 from gensynth.nn.conv import (CHANNELS_LAST_POSITIONS_PER_CHANNEL, Conv2d, arrange_input, prefers_channels_last,
                               set_input_layout)
 from gensynth.nn.label_conv import SegInput, seg_conv2d
@@ -78,12 +79,7 @@ def test_spectral_conv_by_shape_matches_keep(fused, size, output_scaled, monkeyp
     set_input_layout(keep, "keep")
     x = torch.randn(2, 4, size, size)  # 2*4*4 = 32 positions = 8 per input channel: NHWC, output < weight
     assert keep.scales_output(x) is output_scaled
-    outs = []
-    for m in (keep, ours):
-        xi = x.clone().requires_grad_()
-        y = m(xi)
-        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
-        outs.append((y, xi.grad, m.weight_orig.grad, m.bias.grad))
+    outs = [spectral_train_call(m, x) for m in (keep, ours)]
     assert _is_nhwc(outs[1][0]) and outs[0][0].is_contiguous()
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

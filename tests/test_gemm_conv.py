@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import spectral_train_call
 import gensynth.nn.gemm_conv as gemm_mod
 from gensynth.nn.conv import Conv2d, set_input_layout
 from gensynth.nn.gemm_conv import (GEMM_WEIGHT_PER_OUTPUT, gemm_conv2d, gemm_conv2d_backward, gemm_conv2d_forward,
                                    prefers_gemm)
-from gensynth.nn.spectral import SpectralConv2d, consecutive_calls
+from gensynth.nn.spectral import SpectralConv2d
 
 
 def test_rule_compares_weight_and_output_elements_on_cpu_fp32_only():
@@ -167,12 +168,7 @@ def test_spectral_conv_gemm_path_matches_the_convolution(fused, monkeypatch, gem
     the weight product): the same outputs, u/v and gradients as the convolution path, in training and eval."""
     keep, ours = _spectral_pair(monkeypatch, fused)
     x = torch.randn(1, 64, 2, 3)  # 384 outputs: 96 weight elements per output
-    outs = []
-    for m in (keep, ours):
-        xi = x.clone().requires_grad_()
-        y = m(xi)
-        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
-        outs.append((y, xi.grad, m.weight_orig.grad, m.bias.grad))
+    outs = [spectral_train_call(m, x) for m in (keep, ours)]
     assert len(gemm_calls) == 1
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
@@ -189,13 +185,7 @@ def test_spectral_conv_gemm_path_in_consecutive_calls(fused, monkeypatch, gemm_c
     convolution path, with sigma's rank-3 weight-gradient term inside the weight product."""
     keep, ours = _spectral_pair(monkeypatch, fused)
     x = torch.randn(3, 64, 1, 2)
-    grads = []
-    for m in (keep, ours):
-        xi = x.clone().requires_grad_()
-        with consecutive_calls(m, [1, 1, 1]):
-            y = m(xi)
-        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
-        grads.append((y, xi.grad, m.weight_orig.grad, m.bias.grad, m.weight_u, m.weight_v))
+    grads = [(*spectral_train_call(m, x, [1, 1, 1]), m.weight_u, m.weight_v) for m in (keep, ours)]
     assert len(gemm_calls) == 1 and gemm_calls[0] == (3, 64, 1, 2)
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
