@@ -76,6 +76,7 @@ class Variant:
     factored: bool = True     # label convolutions on the factored [noise ; one-hot] map (gensynth.nn.label_conv)
     merge_d: bool = True      # the D step's fake/real/LabelMix calls as one (trainer.merge_d_calls)
     layout: str = "by_shape"  # nchw | nhwc | by_shape, as trainer.channels_last (gensynth.train.speed)
+    recycle: bool = True      # matrix-product layers write weight gradients into kept memory (gensynth.nn.grad_buffer)
 
 
 OFFICIAL_SETTINGS = Variant("gensynth, official settings", sn="weight", adam="for-loop", freeze_d=False, ema="per-key",
@@ -94,6 +95,7 @@ LADDER = [
     Variant("gensynth fp32 (default: + convolutions by shape)"),
     Variant("gensynth bf16 autocast", precision="bf16"),
     Variant("gensynth fp32 channels-last", layout="nhwc"),
+    Variant("gensynth bf16, fresh weight-gradient memory", precision="bf16", recycle=False),
 ]
 COMPILED = Variant("gensynth fp32 torch.compile", compile=True)
 
@@ -157,6 +159,10 @@ class GensynthRun:
         if hasattr(self.G, "factored_labels"):
             self.G.factored_labels = variant.factored
         apply_memory_layout(self.G, variant.layout), apply_memory_layout(self.D, variant.layout)
+        if not variant.recycle:
+            for m in [*self.G.modules(), *self.D.modules()]:
+                if hasattr(type(m), "recycle_weight_grad"):
+                    m.recycle_weight_grad = False
         oc = cfg.optim
         betas = (oc.beta1, oc.beta2)
         self.opt_g = make_adam(self.G.parameters(), oc.lr_g, betas, variant.adam, device)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from gensynth.nn.gemm_conv import gemm_conv2d, prefers_gemm
+from gensynth.nn.grad_buffer import layer_gradient_buffer
 
 
 def conv_output_numel(x: Tensor, out_channels: int, kernel_size, stride, padding, dilation) -> int:
@@ -104,6 +105,9 @@ class Conv2d(nn.Conv2d):
 
     #: "by_shape" (default) or "keep" (plain ``nn.Conv2d``); the trainer sets it from ``trainer.channels_last``
     input_layout: InputLayout = "by_shape"
+    #: matrix-product calls write the weight gradient into memory kept from the previous backward
+    #: (:mod:`gensynth.nn.grad_buffer`); False = fresh memory every backward
+    recycle_weight_grad: bool = True
 
     def forward(self, x: Tensor) -> Tensor:
         if isinstance(self.padding, str) or (self.input_layout == "keep" and not autocast_active(x)):
@@ -118,5 +122,6 @@ class Conv2d(nn.Conv2d):
     def _conv(self, x: Tensor, output_numel: int) -> Tensor:
         if (self.input_layout == "by_shape" and self.padding_mode == "zeros"
                 and prefers_gemm(x, self.weight, output_numel, self.groups)):
-            return gemm_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+            return gemm_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                               layer_gradient_buffer(self))
         return super().forward(x)

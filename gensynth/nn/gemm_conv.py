@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gensynth.nn.grad_buffer import GradientBuffer
+
 Pair = tuple[int, int]
 
 #: a CPU convolution runs as a matrix product when its weight has more than this many elements per output element.
@@ -65,11 +67,13 @@ def gemm_conv2d_forward(x: Tensor, weight: Tensor, stride: Pair, padding: Pair, 
 
 def gemm_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, stride: Pair, padding: Pair, dilation: Pair,
                          need_input: bool, need_weight: bool,
-                         extra: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor | None, Tensor | None]:
+                         extra: tuple[Tensor, Tensor] | None = None,
+                         grad_buffer: GradientBuffer | None = None) -> tuple[Tensor | None, Tensor | None]:
     """(grad_x, grad_weight) of :func:`gemm_conv2d_forward` for the output gradient ``grad`` (B, O, H', W').
 
     ``extra = (left (O, R), right (R, C*kh*kw))`` adds ``left @ right`` to the weight gradient within the same
-    matrix product. grad_weight has ``weight``'s shape and is contiguous."""
+    matrix product. grad_weight has ``weight``'s shape and is contiguous; with ``grad_buffer`` it is written into
+    the memory that buffer keeps from the previous backward when nothing else uses it any more."""
     b, out_channels = grad.shape[0], grad.shape[1]
     kernel = tuple(weight.shape[-2:])
     g = grad.reshape(out_channels, -1) if b == 1 else grad.transpose(0, 1).reshape(out_channels, -1)  # (O, B*L)
@@ -80,12 +84,16 @@ def gemm_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, stride: Pair, 
         grad_x = F.fold(g_cols, tuple(x.shape[-2:]), kernel, dilation=dilation, padding=padding, stride=stride)
     if need_weight:
         cols, _ = _columns(x, kernel, stride, padding, dilation)
-        if extra is None:
-            grad_w = torch.mm(g, cols.t())
-        else:
+        a, b = g, cols.t()
+        if extra is not None:
             left, right = extra
-            grad_w = torch.mm(torch.cat([g, left.to(g.dtype)], dim=1), torch.cat([cols.t(), right.to(g.dtype)]))
-        grad_w = grad_w.view_as(weight)
+            a, b = torch.cat([g, left.to(g.dtype)], dim=1), torch.cat([b, right.to(g.dtype)])
+        out = None if grad_buffer is None else grad_buffer.take(weight)
+        if out is None:
+            grad_w = torch.mm(a, b).view_as(weight)
+        else:
+            torch.mm(a, b, out=out.view(out_channels, -1))
+            grad_w = out
     return grad_x, grad_w
 
 
@@ -94,18 +102,18 @@ class _GemmConv2d(torch.autograd.Function):
     keeps the graph (for a second derivative, e.g. a gradient penalty) by differentiating the plain convolution."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation):
+    def forward(ctx, x, weight, bias, stride, padding, dilation, grad_buffer=None):
         y = gemm_conv2d_forward(x, weight, stride, padding, dilation)
         if bias is not None:
             y.add_(bias.view(1, -1, 1, 1))
         ctx.save_for_backward(x, weight, bias)
-        ctx.conf = (stride, padding, dilation)
+        ctx.conf = (stride, padding, dilation, grad_buffer)
         return y
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, bias = ctx.saved_tensors
-        stride, padding, dilation = ctx.conf
+        stride, padding, dilation, grad_buffer = ctx.conf
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
             with torch.enable_grad():
@@ -113,17 +121,19 @@ class _GemmConv2d(torch.autograd.Function):
                 y = F.conv2d(x, weight, bias, stride, padding, dilation)
                 grads = iter(torch.autograd.grad(y, inputs, grad, create_graph=True))
             return (next(grads) if need_x else None, next(grads) if need_w else None,
-                    next(grads) if need_b else None, None, None, None)
-        gx, gw = gemm_conv2d_backward(grad, x, weight, stride, padding, dilation, need_x, need_w)
+                    next(grads) if need_b else None, None, None, None, None)
+        gx, gw = gemm_conv2d_backward(grad, x, weight, stride, padding, dilation, need_x, need_w,
+                                      grad_buffer=grad_buffer)
         gb = grad.sum(dim=(0, 2, 3)) if need_b else None
-        return gx, gw, gb, None, None, None
+        return gx, gw, gb, None, None, None, None
 
 
 def gemm_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, padding: Pair,
-                dilation: Pair) -> Tensor:
+                dilation: Pair, grad_buffer: GradientBuffer | None = None) -> Tensor:
     """``F.conv2d(x, weight, bias, stride, padding, dilation)`` (groups 1, zero padding) computed as matrix
-    products: x (B, C, H, W), weight (O, C, kh, kw), bias (O,) or None -> (B, O, H', W'), differentiable."""
+    products: x (B, C, H, W), weight (O, C, kh, kw), bias (O,) or None -> (B, O, H', W'), differentiable.
+    ``grad_buffer``: where the weight gradient may be written (:class:`gensynth.nn.grad_buffer.GradientBuffer`)."""
     if weight.dim() != 4 or x.dim() != 4 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"gemm_conv2d: input {tuple(x.shape)} and weight {tuple(weight.shape)} do not match "
                          f"(need x (B, C, H, W) and weight (O, C, kh, kw), groups 1)")
-    return _GemmConv2d.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation))
+    return _GemmConv2d.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), grad_buffer)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from gensynth.nn.conv import (InputLayout, arrange_input, autocast_active, autocast_keeps_fp32, conv_output_numel,
                               weight_bound)
 from gensynth.nn.gemm_conv import gemm_conv2d, gemm_conv2d_backward, gemm_conv2d_forward, prefers_gemm
+from gensynth.nn.grad_buffer import GradientBuffer, layer_gradient_buffer
 
 Scale = Literal["auto", "weight", "output"]
 
@@ -56,7 +57,8 @@ class _OutputScaledConv(torch.autograd.Function):
     gradient's product. First-order only: a double backward raises."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, u, v, sigma, stride, padding, dilation, groups, sizes=None, gemm=False):
+    def forward(ctx, x, weight, bias, u, v, sigma, stride, padding, dilation, groups, sizes=None, gemm=False,
+                grad_buffer=None):
         if gemm:
             y = gemm_conv2d_forward(x, weight, stride, padding, dilation)
         else:
@@ -66,7 +68,7 @@ class _OutputScaledConv(torch.autograd.Function):
             inv = _per_sample(inv, sizes)
         out = y * inv if bias is None else torch.addcmul(bias.view(1, -1, 1, 1), y, inv)
         ctx.save_for_backward(x, weight, u, v, y, sigma)
-        ctx.conf = (stride, padding, dilation, groups, sizes, gemm)
+        ctx.conf = (stride, padding, dilation, groups, sizes, gemm, grad_buffer)
         return out
 
     @staticmethod
@@ -76,7 +78,7 @@ class _OutputScaledConv(torch.autograd.Function):
                                "a graph (create_graph=True, e.g. a gradient penalty); set "
                                "gensynth.nn.spectral.SpectralConv2d.fused_backward = False for such models")
         x, weight, u, v, y, sigma = ctx.saved_tensors
-        stride, padding, dilation, groups, sizes, gemm = ctx.conf
+        stride, padding, dilation, groups, sizes, gemm, grad_buffer = ctx.conf
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gx = gw = gb = None
         rank = None
@@ -91,7 +93,8 @@ class _OutputScaledConv(torch.autograd.Function):
         if need_x or need_w:
             scaled = grad / sigma if sizes is None else grad * _per_sample(torch.reciprocal(sigma), sizes)
             if gemm:  # sigma's rank-R term goes into the weight gradient's matrix product
-                gx, gw = gemm_conv2d_backward(scaled, x, weight, stride, padding, dilation, need_x, need_w, rank)
+                gx, gw = gemm_conv2d_backward(scaled, x, weight, stride, padding, dilation, need_x, need_w, rank,
+                                              grad_buffer)
                 rank = None
             else:
                 gx, gw, _ = torch.ops.aten.convolution_backward(
@@ -109,7 +112,7 @@ class _OutputScaledConv(torch.autograd.Function):
                 gw.view(gw.shape[0], -1).addmm_(left, right)
         if need_b:
             gb = grad.sum(dim=(0, 2, 3))
-        return gx, gw, gb, None, None, None, None, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None, None, None, None, None, None
 
 
 class SpectralConv2d(nn.Module):
@@ -124,6 +127,9 @@ class SpectralConv2d(nn.Module):
     fused_backward: bool = True
     #: "by_shape" (default) or "keep": the input's memory format per call (:func:`gensynth.nn.conv.arrange_input`)
     input_layout: InputLayout = "by_shape"
+    #: matrix-product calls write the weight gradient into memory kept from the previous backward
+    #: (:mod:`gensynth.nn.grad_buffer`); False = fresh memory every backward
+    recycle_weight_grad: bool = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, *, eps: float = 1e-12, scale: Scale = "auto"):
@@ -247,7 +253,7 @@ class SpectralConv2d(nn.Module):
         if self.scales_output(x) and self._fusable(x):
             u, v, sigma = self._constants(power_iteration=self.training)
             return _OutputScaledConv.apply(x, self.weight_orig, self.bias, u, v, sigma, self.stride, self.padding,
-                                           self.dilation, self.groups, None, self._gemm(x))
+                                           self.dilation, self.groups, None, *self._gemm_args(x))
         sigma = self._sigma(power_iteration=self.training)
         if not self.scales_output(x):
             return F.conv2d(x, self.weight_orig / sigma, self.bias, self.stride, self.padding, self.dilation,
@@ -259,10 +265,16 @@ class SpectralConv2d(nn.Module):
         return (self.input_layout == "by_shape"
                 and prefers_gemm(x, self.weight_orig, self.output_numel(x), self.groups))
 
+    def _gemm_args(self, x: Tensor) -> tuple[bool, GradientBuffer | None]:
+        """(gemm, grad_buffer) for :class:`_OutputScaledConv`."""
+        gemm = self._gemm(x)
+        return gemm, layer_gradient_buffer(self) if gemm else None
+
     def _unscaled_conv(self, x: Tensor) -> Tensor:
         """conv2d(x, weight_orig) without bias (differentiable)."""
         if self._gemm(x):
-            return gemm_conv2d(x, self.weight_orig, None, self.stride, self.padding, self.dilation)
+            return gemm_conv2d(x, self.weight_orig, None, self.stride, self.padding, self.dilation,
+                               layer_gradient_buffer(self))
         return F.conv2d(x, self.weight_orig, None, self.stride, self.padding, self.dilation, self.groups)
 
     def _fusable(self, x: Tensor) -> bool:
@@ -287,7 +299,8 @@ class SpectralConv2d(nn.Module):
         u, v = torch.stack(us), torch.stack(vs)
         if self._fusable(x):
             return _OutputScaledConv.apply(x, self.weight_orig, self.bias, u, v, torch.stack(sigmas), self.stride,
-                                           self.padding, self.dilation, self.groups, tuple(sizes), self._gemm(x))
+                                           self.padding, self.dilation, self.groups, tuple(sizes),
+                                           *self._gemm_args(x))
         w = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
         with torch.autocast(x.device.type, enabled=False):  # autocast would run this matmul in bf16/fp16
             sigma = ((u @ w) * v).sum(dim=1)  # (K,) u_k^T W v_k, differentiable in W
