@@ -78,3 +78,22 @@ def test_oasis_generator_factored_path_equals_the_dense_path(spatial):
     torch.manual_seed(3)
     b = G(Condition(one_hot(ids, 6), ids=ids)).image
     assert (a - b).abs().max() < 1e-3
+
+
+def test_label_gather_gradient_is_summed_per_tap_and_differentiable_twice():
+    """The one-hot convolution's weight gradient (summed tap by tap with index_add_) equals the dense
+    convolution's, also as a graph for a second derivative (e.g. a gradient penalty on the weights)."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 5, (2, 6, 5))
+    ids[0, 0, 0] = 4  # a class on the border: its taps outside the image read the zero row
+    seg = SegInput(ids, 5, None)
+    conv = nn.Conv2d(5, 4, 3, padding=1).double()
+    results = []
+    for forward in (lambda: conv(seg.dense(torch.float64)), lambda: seg_conv2d(conv, seg)):
+        g, = torch.autograd.grad((forward() ** 2).sum(), conv.weight, create_graph=True)
+        gg, = torch.autograd.grad((g ** 2).sum(), conv.weight)
+        results.append((g.detach(), gg))
+    (g_ref, gg_ref), (g_got, gg_got) = results
+    assert g_ref.abs().max() > 1 and gg_ref.abs().max() > 1
+    assert torch.allclose(g_got, g_ref, rtol=1e-12, atol=1e-10)
+    assert torch.allclose(gg_got, gg_ref, rtol=1e-12, atol=1e-10)
