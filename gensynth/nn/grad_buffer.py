@@ -4,8 +4,9 @@ A training iteration frees every weight gradient (``zero_grad(set_to_none=True)`
 next backward. On the CPU a fresh allocation of a few MB and more comes straight from the operating system, and the
 kernel then faults in and zeroes each 4 KB page on first touch: writing a fresh 1024x1024x3x3 fp32 gradient (38 MB,
 9217 page faults) took 19-23 ms on a 2-core AMX Xeon, writing the same product into kept memory 3-6 ms
-(benchmarks/gradient_kernels.py; benchmarks/README.md, "Weight gradients in kept memory"). :class:`GradientBuffer` keeps that memory between iterations
-for the layers whose weight-gradient product gensynth computes itself (:mod:`gensynth.nn.gemm_conv`).
+(benchmarks/gradient_kernels.py; benchmarks/README.md, "Weight gradients in kept memory"). :class:`GradientBuffer`
+keeps that memory between iterations for the layers whose weight-gradient product gensynth computes itself
+(:mod:`gensynth.nn.gemm_conv`).
 
 Safety: the memory is only written when no tensor outside the buffer still uses it -- after the optimizer step and
 ``zero_grad(set_to_none=True)``, when ``param.grad`` no longer exists. While anything else holds it (gradients

@@ -13,7 +13,8 @@ trainer.tf32          -                   false: full fp32 unless asked for (bot
 =================  =====================  ==========================================================
 
 ``by_shape`` also runs weight-bound CPU convolutions as matrix products (:mod:`gensynth.nn.gemm_conv`; never on
-CUDA, where it was not measured).
+CUDA, where it was not measured), whose weight gradients go into memory kept from the previous backward
+(:mod:`gensynth.nn.grad_buffer`).
 """
 from __future__ import annotations
 
