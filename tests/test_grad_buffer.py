@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gensynth.nn.conv import Conv2d
-from gensynth.nn.grad_buffer import GradientBuffer
+from gensynth.nn.grad_buffer import GradientBuffer, release_gradient_buffers
 from gensynth.nn.spectral import SpectralConv2d, consecutive_calls
 
 
@@ -148,3 +148,14 @@ def test_take_matches_shape_dtype_and_refuses_shared_memory():
     del double
     buffer.release()
     assert buffer.nbytes == 0
+
+
+def test_release_drops_every_layers_kept_memory():
+    model = torch.nn.Sequential(_layer("spectral"), _layer("conv"))
+    x = torch.randn(1, 64, 2, 2, dtype=torch.float64)
+    for layer in model:
+        _backward(layer, x)
+    assert release_gradient_buffers(model) == 2 * 32 * 64 * 9 * 8
+    assert all(layer._weight_grad_buffer.nbytes == 0 for layer in model)
+    assert release_gradient_buffers(model) == 0
+    assert _weight(model[0]).grad is not None  # the gradients themselves stay

@@ -97,3 +97,21 @@ def test_label_gather_gradient_is_summed_per_tap_and_differentiable_twice():
     assert g_ref.abs().max() > 1 and gg_ref.abs().max() > 1
     assert torch.allclose(g_got, g_ref, rtol=1e-12, atol=1e-10)
     assert torch.allclose(gg_got, gg_ref, rtol=1e-12, atol=1e-10)
+
+
+def test_factored_conv_under_autocast_returns_autocast_dtype_close_to_the_dense_conv():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 7, (2, 8, 6))
+    z = torch.randn(2, 3, requires_grad=True)
+    seg = SegInput(ids, 7, z)
+    conv = nn.Conv2d(10, 16, 3, padding=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, ref = seg_conv2d(conv, seg), conv(seg.dense())
+    assert got.dtype == ref.dtype == torch.bfloat16 and got.shape == ref.shape == (2, 16, 8, 6)
+    exact = conv(seg.dense())  # fp32
+    assert (got.float() - exact).abs().max() <= 2 ** -7 * exact.abs().max()  # one bf16 rounding of the fp32 sum
+    assert (ref.float() - exact).abs().max() <= 2 ** -5 * exact.abs().max()  # bf16 products, bf16 output
+    g = torch.randn(2, 16, 8, 6)
+    for a, b in zip(torch.autograd.grad((got.float() * g).sum(), [conv.weight, conv.bias, z]),
+                    torch.autograd.grad((exact * g).sum(), [conv.weight, conv.bias, z])):
+        assert a.dtype == torch.float32 and _close(a, b, rel=1e-2)

@@ -302,12 +302,13 @@ def test_kept_weight_gradient_memory_trains_bit_identically(tiny_cache, tmp_path
 
     # the tiny model's weights are small for its maps: a very low bar puts its layers on the matrix-product path
     monkeypatch.setattr(gemm_conv, "GEMM_WEIGHT_PER_OUTPUT", 0.01)
-    served = []
+    served, buffers = [], set()
     take = grad_buffer.GradientBuffer.take
 
     def counting(self, like):
         out = take(self, like)
         served.append(out is not None)
+        buffers.add(self)
         return out
 
     monkeypatch.setattr(grad_buffer.GradientBuffer, "take", counting)
@@ -318,6 +319,7 @@ def test_kept_weight_gradient_memory_trains_bit_identically(tiny_cache, tmp_path
         assert sum(served) >= 10, f"accum {accum}: kept memory served {sum(served)} of {len(served)} gradients"
         if accum == 2:  # the second micro-batch finds the first one's gradient in the memory
             assert not all(served)
+        assert buffers and all(b.nbytes == 0 for b in buffers)  # released when training ended
         for cls in (Conv2d, SpectralConv2d):
             monkeypatch.setattr(cls, "recycle_weight_grad", False)
         served.clear()

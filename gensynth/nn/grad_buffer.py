@@ -81,3 +81,15 @@ def layer_gradient_buffer(layer: torch.nn.Module) -> GradientBuffer | None:
     if buffer is None:
         buffer = layer.__dict__["_weight_grad_buffer"] = GradientBuffer()
     return buffer
+
+
+def release_gradient_buffers(module: torch.nn.Module) -> int:
+    """Drop the kept weight-gradient memory of every layer of ``module`` (the trainer does so when training ends);
+    returns the bytes released. The next backward allocates again."""
+    released = 0
+    for layer in module.modules():
+        buffer = layer.__dict__.get("_weight_grad_buffer")
+        if buffer is not None:
+            released += buffer.nbytes
+            buffer.release()
+    return released

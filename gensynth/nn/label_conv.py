@@ -130,7 +130,9 @@ def broadcast_conv2d(z: Tensor, weight: Tensor, size: tuple[int, int]) -> Tensor
 
 
 def seg_conv2d(conv: nn.Conv2d, seg: SegInput) -> Tensor:
-    """conv(seg.dense()), computed on the factored map: (B, O, H, W)."""
+    """conv(seg.dense()), computed on the factored map: (B, O, H, W). Under autocast the sum is formed in the
+    weight's precision and returned once in autocast's dtype, as the dense convolution would return it (the
+    layers after it read it without casting it again)."""
     _check(conv, seg)
     weight = conv.weight
     z_dim = seg.z_dim
@@ -143,6 +145,8 @@ def seg_conv2d(conv: nn.Conv2d, seg: SegInput) -> Tensor:
             out = out + F.conv2d(seg.z.to(w_z.dtype), w_z, padding=conv.padding)
     if conv.bias is not None:
         out = out + conv.bias.view(1, -1, 1, 1)
+    if torch.is_autocast_enabled(out.device.type):  # the dtype autocast's convolution of the dense map returns
+        out = out.to(torch.get_autocast_dtype(out.device.type))
     if getattr(conv, "input_layout", "keep") == "by_shape":
         return out  # NHWC as the gather leaves it; the next convolution arranges its own input
     return out.contiguous()

@@ -25,6 +25,7 @@ from gensynth.checkpoint import (BEST, LATEST, Checkpoint, checkpoint_root, list
 from gensynth.config import RunConfig, dump_resolved, flatten
 from gensynth.errors import CheckpointError, ConfigError, GensynthError
 from gensynth.method import unwrap
+from gensynth.nn.grad_buffer import release_gradient_buffers
 from gensynth.train import distributed as dist_util
 from gensynth.train.ema import EMA, has_batchnorm, refresh_bn_stats, state_is_finite
 from gensynth.train.init_from import InitReport, load_matching
@@ -568,6 +569,9 @@ class Trainer:
             return self._loop(stop)
         finally:
             stop.close()
+            for model in (getattr(self, "G", None), getattr(self, "D", None)):
+                if model is not None:
+                    release_gradient_buffers(model)  # the kept gradient memory is for training only
             if self.progress is not None:
                 self.progress.close()
             if self.log is not None:
