@@ -100,6 +100,16 @@ def label_gather(shape: tuple[int, int, int, int], repeats: int) -> dict:
             "per_tap_ms": round(r["per_tap"][0], 3), "speedup": round(r["embedding_bag"][0] / r["per_tap"][0], 3)}
 
 
+def _section(title: str, shapes: list, measure, repeats: int, line) -> list[dict]:
+    """Measure every shape, printing ``line(shape, result)`` for each; returns the results."""
+    print(title)
+    rows = []
+    for shape in shapes:
+        rows.append(measure(shape, repeats))
+        print("  " + line(shape, rows[-1]), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=9)
@@ -108,21 +118,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"{args.threads} thread(s), fp32, times in ms (median of {args.repeats}), page faults per call")
-    print("weight gradient g @ cols^T: fresh memory vs memory kept from the previous call")
-    grads = []
-    for shape in WEIGHT_GRADIENTS:
-        r = weight_gradient(shape, args.repeats)
-        grads.append(r)
-        print(f"  ({shape[0]} x {shape[2]}) @ ({shape[2]} x {shape[1]}) = {r['megabytes']:.1f} MB: fresh "
-              f"{r['fresh_ms']:.2f} ms ({r['fresh_page_faults']:.0f} faults), kept {r['kept_ms']:.2f} ms "
-              f"({r['kept_page_faults']:.0f} faults), {r['speedup']:.2f}x", flush=True)
-    print("label-convolution table gradient: embedding_bag backward vs per-tap index_add_")
-    gathers = []
-    for shape in LABEL_GATHERS:
-        r = label_gather(shape, args.repeats)
-        gathers.append(r)
-        print(f"  {shape[0]} pixels, {shape[1]} classes, {shape[2]} taps, {shape[3]} channels: embedding_bag "
-              f"{r['embedding_bag_ms']:.2f} ms, per tap {r['per_tap_ms']:.2f} ms, {r['speedup']:.2f}x", flush=True)
+    grads = _section("weight gradient g @ cols^T: fresh memory vs memory kept from the previous call",
+                     WEIGHT_GRADIENTS, weight_gradient, args.repeats,
+                     lambda sh, r: f"({sh[0]} x {sh[2]}) @ ({sh[2]} x {sh[1]}) = {r['megabytes']:.1f} MB: fresh "
+                                   f"{r['fresh_ms']:.2f} ms ({r['fresh_page_faults']:.0f} faults), kept "
+                                   f"{r['kept_ms']:.2f} ms ({r['kept_page_faults']:.0f} faults), {r['speedup']:.2f}x")
+    gathers = _section("label-convolution table gradient: embedding_bag backward vs per-tap index_add_",
+                       LABEL_GATHERS, label_gather, args.repeats,
+                       lambda sh, r: f"{sh[0]} pixels, {sh[1]} classes, {sh[2]} taps, {sh[3]} channels: "
+                                     f"embedding_bag {r['embedding_bag_ms']:.2f} ms, per tap {r['per_tap_ms']:.2f} ms, "
+                                     f"{r['speedup']:.2f}x")
     result = {"machine": machine_info(torch.device("cpu")), "threads": args.threads,
               "weight_gradients": grads, "label_gathers": gathers}
     if args.out != "-":
