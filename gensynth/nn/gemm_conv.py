@@ -84,15 +84,15 @@ def gemm_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, stride: Pair, 
         grad_x = F.fold(g_cols, tuple(x.shape[-2:]), kernel, dilation=dilation, padding=padding, stride=stride)
     if need_weight:
         cols, _ = _columns(x, kernel, stride, padding, dilation)
-        a, b = g, cols.t()
+        lhs, rhs = g, cols.t()
         if extra is not None:
             left, right = extra
-            a, b = torch.cat([g, left.to(g.dtype)], dim=1), torch.cat([b, right.to(g.dtype)])
+            lhs, rhs = torch.cat([g, left.to(g.dtype)], dim=1), torch.cat([rhs, right.to(g.dtype)])
         out = None if grad_buffer is None else grad_buffer.take(weight)
         if out is None:
-            grad_w = torch.mm(a, b).view_as(weight)
+            grad_w = torch.mm(lhs, rhs).view_as(weight)
         else:
-            torch.mm(a, b, out=out.view(out_channels, -1))
+            torch.mm(lhs, rhs, out=out.view(out_channels, -1))
             grad_w = out
     return grad_x, grad_w
 
