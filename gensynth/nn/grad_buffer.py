@@ -45,7 +45,7 @@ class GradientBuffer:
         elif _storage_users(memory) != self._alone:
             return None
         grad = like.grad if like.is_leaf else None
-        if grad is not None and grad.untyped_storage().data_ptr() == memory.untyped_storage().data_ptr():
+        if grad is not None and grad.untyped_storage().data_ptr() == memory.data_ptr():
             return None  # a second guard for the common case: param.grad still holds it
         return memory.view(like.shape)
 
@@ -55,7 +55,7 @@ class GradientBuffer:
 
     @property
     def nbytes(self) -> int:
-        return 0 if self._memory is None else self._memory.numel() * self._memory.element_size()
+        return 0 if self._memory is None else self._memory.nbytes
 
     def __deepcopy__(self, memo) -> "GradientBuffer":
         return GradientBuffer()
