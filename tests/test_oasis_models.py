@@ -6,6 +6,7 @@ import torch
 
 from gensynth.errors import ConfigError
 from gensynth.interfaces import Condition, DOutputKind, NoiseKind, one_hot
+from gensynth.nn.resample import UpsampleNearest
 from gensynth_oasis.discriminator import OASISDiscriminator, ResidualBlockD, build_oasis_discriminator
 from gensynth_oasis.generator import OASISGenerator, build_oasis_generator, generator_widths
 
@@ -167,7 +168,7 @@ def test_residual_block_d_shapes_and_shortcuts():
     assert down(x).shape == (1, 6, 4, 4) and len(down.conv1) == 1
     assert ResidualBlockD(4, 4, -1)(x).shape == (1, 4, 4, 4)
     up = ResidualBlockD(4, 2, 1)
-    assert up(x).shape == (1, 2, 16, 16) and isinstance(up.conv1[1], torch.nn.Upsample)
+    assert up(x).shape == (1, 2, 16, 16) and isinstance(up.conv1[1], UpsampleNearest)
     assert not hasattr(ResidualBlockD(4, 4, 1), "conv_s")
     with pytest.raises(ValueError, match="up_or_down"):
         ResidualBlockD(4, 4, 0)

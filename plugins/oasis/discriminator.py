@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from gensynth.errors import ConfigError
 from gensynth.interfaces import Condition, Discriminator, DiscriminatorOutput, DOutputKind
 from gensynth.nn.conv import Conv2d
+from gensynth.nn.resample import UpsampleNearest
 from gensynth.nn.spade import init_xavier, maybe_sn
 
 OFFICIAL_D_CHANNELS = (3, 128, 128, 256, 256, 512, 512)
@@ -74,13 +75,13 @@ class ResidualBlockD(nn.Module):
         if not first:
             conv1.append(nn.LeakyReLU(0.2))
         if up_or_down > 0:
-            conv1.append(nn.Upsample(scale_factor=2))
+            conv1.append(UpsampleNearest(2))
         conv1.append(maybe_sn(nn.Conv2d(fin, fout, 3, padding=1), spectral))
         self.conv1 = nn.Sequential(*conv1)
         self.conv2 = nn.Sequential(nn.LeakyReLU(0.2), maybe_sn(nn.Conv2d(fout, fout, 3, padding=1), spectral))
         if self.learned_shortcut:
             self.conv_s = maybe_sn(nn.Conv2d(fin, fout, 1), spectral)
-        self.sampling = nn.AvgPool2d(2) if up_or_down < 0 else nn.Upsample(scale_factor=2)
+        self.sampling = nn.AvgPool2d(2) if up_or_down < 0 else UpsampleNearest(2)
 
     def shortcut(self, x: Tensor) -> Tensor:
         if self.first:

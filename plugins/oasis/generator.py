@@ -16,6 +16,7 @@ from gensynth.errors import ConfigError
 from gensynth.interfaces import Condition, Generator, GeneratorOutput, NoiseKind, as_condition
 from gensynth.nn.conv import Conv2d
 from gensynth.nn.label_conv import SegInput, seg_conv2d
+from gensynth.nn.resample import upsample_nearest
 from gensynth.nn.spade import SPADEResBlock, init_xavier, resize_seg
 
 # width multipliers of the official 6-block generator, input side first (times ``channels``)
@@ -136,7 +137,7 @@ class OASISGenerator(Generator):
         for i, block in enumerate(self.body):
             x = block(x, segs[i])
             if i < last:
-                x = F.interpolate(x, scale_factor=2, mode="nearest")
+                x = upsample_nearest(x, 2)
         image = torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))
         return GeneratorOutput(image=image)
 

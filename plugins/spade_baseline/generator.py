@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from gensynth.interfaces import Condition, Generator, GeneratorOutput, NoiseKind, as_condition
+from gensynth.nn.resample import upsample_nearest
 from gensynth.nn.spade import SPADEResBlock, init_xavier
 
 from gensynth_spade.encoder import ConvEncoder, reparameterize
@@ -175,7 +176,7 @@ class SpadeGenerator(Generator):
 
     @staticmethod
     def _up(x: Tensor) -> Tensor:
-        return F.interpolate(x, scale_factor=2, mode="nearest")
+        return upsample_nearest(x, 2)
 
 
 def build_spade_generator(num_classes: int, **options) -> SpadeGenerator:

@@ -1,0 +1,60 @@
+"""gensynth.nn.resample: nearest upsampling read as NHWC on the CPU, equal to F.interpolate."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gensynth.nn import resample
+from gensynth.nn.resample import UpsampleNearest, upsample_nearest
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+@pytest.mark.parametrize("scale", [2, 3])
+def test_values_and_gradient_equal_interpolate(layout, scale):
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(2, 5, 4, 6, generator=g, dtype=torch.float64)
+    if layout == "nhwc":
+        base = base.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":  # neither layout: every other column of a wider map
+        base = torch.randn(2, 5, 4, 12, generator=g, dtype=torch.float64)[..., ::2]
+    x1 = base.clone().requires_grad_(True) if layout != "strided" else base.detach().requires_grad_(True)
+    x2 = base.detach().clone().requires_grad_(True)
+    y1 = upsample_nearest(x1, scale)
+    y2 = F.interpolate(x2, scale_factor=scale, mode="nearest")
+    assert y1.shape == (2, 5, 4 * scale, 6 * scale)
+    assert torch.equal(y1, y2)
+    assert y1.is_contiguous(memory_format=torch.channels_last)
+    # a pixel's value is its source pixel's
+    assert y1[1, 3, 2 * scale + scale - 1, 5 * scale] == base[1, 3, 2, 5]
+    grad = torch.randn(y1.shape, generator=g, dtype=torch.float64)
+    y1.backward(grad)
+    y2.backward(grad)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-12, atol=1e-12)
+    # the gradient of a source pixel is the sum over its scale x scale block
+    torch.testing.assert_close(x1.grad[0, 1, 3, 2], grad[0, 1, 3 * scale:4 * scale, 2 * scale:3 * scale].sum())
+
+
+def test_switch_off_keeps_the_input_layout(monkeypatch):
+    x = torch.randn(1, 3, 4, 4)
+    monkeypatch.setattr(resample, "NHWC_ON_CPU", False)
+    y = upsample_nearest(x)
+    assert y.is_contiguous() and torch.equal(y, F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def test_module_matches_nn_upsample_and_has_no_state():
+    m = UpsampleNearest(2)
+    x = torch.randn(3, 4, 5, 5)
+    assert torch.equal(m(x), nn.Upsample(scale_factor=2)(x))
+    assert m.state_dict() == {} and list(m.parameters()) == []
+    assert "scale_factor=2.0" in repr(m)
+
+
+def test_oasis_discriminator_upsamples_through_it():
+    from gensynth_oasis.discriminator import ResidualBlockD
+
+    block = ResidualBlockD(8, 4, up_or_down=1)
+    assert isinstance(block.conv1[1], UpsampleNearest) and isinstance(block.sampling, UpsampleNearest)
+    # official key layout unchanged: conv1.0 = LeakyReLU, conv1.1 = Upsample (no keys), conv1.2 = the conv
+    assert {k.split(".")[1] for k in block.state_dict() if k.startswith("conv1.")} == {"2"}
