@@ -3,7 +3,7 @@
 1. Weight gradients into kept memory (gensynth.nn.grad_buffer): the weight-gradient product of OASIS's
    matrix-product layers written into fresh memory (what autograd allocates every iteration) against memory kept
    from the previous iteration, with the page faults each costs.
-2. The one-hot label convolution's table gradient (gensynth.nn.label_conv): embedding_bag's own backward (sorts
+2. The one-hot label convolution's weight gradient (gensynth.nn.label_conv): embedding_bag's own backward (sorts
    every index) against gensynth's per-tap ``index_add_``.
 
     OMP_NUM_THREADS=1 python benchmarks/gradient_kernels.py --threads 1
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_rates import machine_info  # noqa: E402
 
 from gensynth.nn.grad_buffer import GradientBuffer  # noqa: E402
-from gensynth.nn.label_conv import _TapGather  # noqa: E402
+from gensynth.nn.label_conv import _FactoredConv  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gradient_kernels.json"
 
@@ -84,17 +84,21 @@ def weight_gradient(shape: tuple[int, int, int], repeats: int) -> dict:
 def label_gather(shape: tuple[int, int, int, int], repeats: int) -> dict:
     pixels, classes, taps, out = shape
     g = torch.Generator().manual_seed(0)
-    index = torch.randint(0, classes + 1, (pixels, taps), generator=g) + torch.arange(taps) * (classes + 1)
-    table = torch.randn(taps * (classes + 1), out, generator=g, requires_grad=True)
+    side = int(taps ** 0.5)  # a square kernel
+    # rows class * taps + tap of the label table, class == classes being the zero rows outside the image
+    index = torch.randint(0, classes + 1, (pixels, taps), generator=g) * taps + torch.arange(taps)
+    weight = torch.randn(out, classes, side, side, generator=g, requires_grad=True)
     grad = torch.randn(pixels, out, generator=g)
+    table = F.pad(weight.reshape(out, -1).t(), (0, 0, 0, taps))  # the same table, through autograd
     library = F.embedding_bag(index, table, mode="sum")
-    per_tap = _TapGather.apply(index, table)
+    # the pixels as one column of a (pixels x 1) map; the masks only give the map's size here
+    per_tap = _FactoredConv.apply(index, weight, None, torch.ones(side, pixels), torch.ones(side, 1)).view(pixels, out)
 
     def run(y):
-        return lambda: torch.autograd.grad(y, table, grad, retain_graph=True)
+        return lambda: torch.autograd.grad(y, weight, grad, retain_graph=True)
 
     a, b = run(library)()[0], run(per_tap)()[0]
-    assert torch.allclose(a, b, rtol=1e-5, atol=1e-4), "the two table gradients differ"
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-4), "the two weight gradients differ"
     r = _compare({"embedding_bag": run(library), "per_tap": run(per_tap)}, repeats)
     return {"shape": list(shape), "embedding_bag_ms": round(r["embedding_bag"][0], 3),
             "per_tap_ms": round(r["per_tap"][0], 3), "speedup": round(r["embedding_bag"][0] / r["per_tap"][0], 3)}
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
                      lambda sh, r: f"({sh[0]} x {sh[2]}) @ ({sh[2]} x {sh[1]}) = {r['megabytes']:.1f} MB: fresh "
                                    f"{r['fresh_ms']:.2f} ms ({r['fresh_page_faults']:.0f} faults), kept "
                                    f"{r['kept_ms']:.2f} ms ({r['kept_page_faults']:.0f} faults), {r['speedup']:.2f}x")
-    gathers = _section("label-convolution table gradient: embedding_bag backward vs per-tap index_add_",
+    gathers = _section("label-convolution weight gradient: embedding_bag backward vs per-tap index_add_",
                        LABEL_GATHERS, label_gather, args.repeats,
                        lambda sh, r: f"{sh[0]} pixels, {sh[1]} classes, {sh[2]} taps, {sh[3]} channels: "
                                      f"embedding_bag {r['embedding_bag_ms']:.2f} ms, per tap {r['per_tap_ms']:.2f} ms, "

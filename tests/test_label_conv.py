@@ -80,23 +80,50 @@ def test_oasis_generator_factored_path_equals_the_dense_path(spatial):
     assert (a - b).abs().max() < 1e-3
 
 
-def test_label_gather_gradient_is_summed_per_tap_and_differentiable_twice():
-    """The one-hot convolution's weight gradient (summed tap by tap with index_add_) equals the dense
-    convolution's, also as a graph for a second derivative (e.g. a gradient penalty on the weights)."""
+@pytest.mark.parametrize("noise", [False, True])
+def test_label_gather_gradient_is_summed_per_tap_and_differentiable_twice(noise):
+    """The factored convolution's weight gradient (label part summed tap by tap with index_add_, noise part per
+    tap, both written into one weight-shaped tensor) equals the dense convolution's, also as a graph for a
+    second derivative (e.g. a gradient penalty on the weights), and so does the noise gradient."""
     torch.manual_seed(0)
     ids = torch.randint(0, 5, (2, 6, 5))
-    ids[0, 0, 0] = 4  # a class on the border: its taps outside the image read the zero row
-    seg = SegInput(ids, 5, None)
-    conv = nn.Conv2d(5, 4, 3, padding=1).double()
+    ids[0, 0, 0] = 4  # a class on the border: its taps outside the image read the zero rows
+    z = torch.randn(2, 3, dtype=torch.float64, requires_grad=True) if noise else None
+    seg = SegInput(ids, 5, z)
+    conv = nn.Conv2d(5 + (3 if noise else 0), 4, 3, padding=1).double()
+    wrt = [conv.weight] + ([z] if noise else [])
     results = []
     for forward in (lambda: conv(seg.dense(torch.float64)), lambda: seg_conv2d(conv, seg)):
-        g, = torch.autograd.grad((forward() ** 2).sum(), conv.weight, create_graph=True)
-        gg, = torch.autograd.grad((g ** 2).sum(), conv.weight)
-        results.append((g.detach(), gg))
+        grads = torch.autograd.grad((forward() ** 2).sum(), wrt, create_graph=True)
+        second = torch.autograd.grad(sum((g ** 2).sum() for g in grads), wrt)
+        results.append(([g.detach() for g in grads], second))
     (g_ref, gg_ref), (g_got, gg_got) = results
-    assert g_ref.abs().max() > 1 and gg_ref.abs().max() > 1
-    assert torch.allclose(g_got, g_ref, rtol=1e-12, atol=1e-10)
-    assert torch.allclose(gg_got, gg_ref, rtol=1e-12, atol=1e-10)
+    for a, b in zip(g_ref + list(gg_ref), g_got + list(gg_got)):
+        assert a.abs().max() > 1
+        assert torch.allclose(b, a, rtol=1e-12, atol=1e-10)
+    assert g_got[0].shape == conv.weight.shape and g_got[0].is_contiguous()
+
+
+def test_factored_conv_weight_gradient_layout_per_channel_and_tap():
+    """Each weight element's gradient is the sum of the output gradient over the pixels whose tap reads it: a
+    label channel's at tap (i, j) over pixels whose neighbour at offset (i-1, j-1) has that class, a noise
+    channel's over pixels where that tap is inside the image, times the noise value."""
+    ids = torch.tensor([[[0, 1, 1], [2, 0, 1]]])  # (1, 2, 3)
+    z = torch.tensor([[2.0, -1.0]])
+    weight = torch.zeros(1, 5, 3, 3, requires_grad=True)
+    seg = SegInput(ids, 3, z)
+    conv = nn.Conv2d(5, 1, 3, padding=1, bias=False)
+    conv.weight = nn.Parameter(weight)
+    grad = torch.arange(1.0, 7.0).view(1, 1, 2, 3)
+    (g,) = torch.autograd.grad(seg_conv2d(conv, seg), conv.weight, grad)
+    # label 1 (channel 2 + 1 = 3) at the centre tap: pixels (0, 1), (0, 2), (1, 2) -> 2 + 3 + 6
+    assert g[0, 3, 1, 1] == 11
+    # label 2 (channel 4) at tap (2, 0) (neighbour one row down, one column left): pixel (0, 1) reads (1, 0)
+    assert g[0, 4, 2, 0] == 2
+    # noise channel 0 at tap (0, 0): pixels with an upper-left neighbour, (1, 1) and (1, 2) -> (5 + 6) * 2.0
+    assert g[0, 0, 0, 0] == 22 and g[0, 1, 0, 0] == -11
+    # the centre tap of a noise channel sees every pixel
+    assert g[0, 1, 1, 1] == -21
 
 
 def test_factored_conv_under_autocast_returns_autocast_dtype_close_to_the_dense_conv():

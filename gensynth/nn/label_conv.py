@@ -75,58 +75,102 @@ def _check(conv: nn.Conv2d, seg: SegInput) -> tuple[int, int]:
     return kh, kw
 
 
+def _tap_index(ids: Tensor, num_classes: int, kh: int, kw: int) -> Tensor:
+    """(B*H*W, kh*kw) int64: for every pixel and tap t, the table row ``class * kh*kw + t`` of the class the tap
+    reads, counted from the first label row; a tap outside the image reads row ``num_classes * kh*kw + t`` (zero)."""
+    b, h, w = ids.shape
+    ph, pw = kh // 2, kw // 2
+    scaled = F.pad(ids, (pw, pw, ph, ph), value=num_classes) * (kh * kw)
+    taps = [scaled[:, dy:dy + h, dx:dx + w] + (dy * kw + dx) for dy in range(kh) for dx in range(kw)]
+    return torch.stack(taps, dim=-1).reshape(-1, kh * kw)
+
+
+def _inside(size: tuple[int, int], kernel: tuple[int, int], device, dtype) -> tuple[Tensor, Tensor]:
+    """(kh, H) and (kw, W) masks: 1 where tap row i (column j) of a same-padded kernel falls inside the image."""
+    (h, w), (kh, kw) = size, kernel
+    ys = torch.arange(h, device=device)[None, :] + torch.arange(kh, device=device)[:, None] - kh // 2
+    xs = torch.arange(w, device=device)[None, :] + torch.arange(kw, device=device)[:, None] - kw // 2
+    return ((ys >= 0) & (ys < h)).to(dtype), ((xs >= 0) & (xs < w)).to(dtype)
+
+
+class _FactoredConv(torch.autograd.Function):
+    """conv2d([z broadcast ; one_hot(ids)], weight) in NHWC order, with the weight gradient formed in place.
+
+    index (P, T) from :func:`_tap_index` (P = B*H*W pixels, T = kh*kw taps); weight (O, Z + N, kh, kw); z (B, Z)
+    or None (then Z = 0); inside_y (kh, H), inside_x (kw, W) from :func:`_inside`. Returns (B, H, W, O).
+
+    * labels: a table of the label channels' weight columns, row ``class * T + tap`` (plus T zero rows for taps
+      outside the image); out[p] = sum over taps of the row the tap reads (``embedding_bag``). The table gradient
+      is summed tap by tap with ``index_add_`` -- one pass over the output gradient per tap, where embedding_bag's
+      own backward sorts all P*T indices first (2.0-2.5x slower for OASIS's label maps on a 2-core CPU, e.g.
+      P = 8192, 9 taps, 36 rows per tap, O = 128: 7.6 ms against 3.5 ms; benchmarks/gradient_kernels.py);
+    * noise: per tap, W_z[:, :, tap] @ z is the same at every pixel whose tap is inside the image:
+      out[b, y, x] += sum over (i, j) of A[b, i, j] * inside_y[i, y] * inside_x[j, x].
+
+    The backward writes both parts of the weight gradient into one weight-shaped tensor (one transposing copy of
+    the label part), where building the table through slices, ``permute`` and ``pad`` in autograd zero-filled and
+    copied weight-sized tensors several times. It is made of differentiable operations, so a second derivative
+    (create_graph=True) works."""
+
+    @staticmethod
+    def forward(ctx, index, weight, z, inside_y, inside_x):
+        o, c, kh, kw = weight.shape
+        taps, (h, w) = kh * kw, (inside_y.shape[1], inside_x.shape[1])
+        z_dim = 0 if z is None else z.shape[1]
+        label_rows = (c - z_dim) * taps
+        with torch.autocast(index.device.type, enabled=False):  # the sum in the weight's precision
+            table = weight.new_empty(label_rows + taps, o)
+            table[:label_rows].copy_(weight[:, z_dim:].reshape(o, label_rows).t())
+            table[label_rows:].zero_()
+            out = F.embedding_bag(index, table, mode="sum")  # (P, O)
+            b = index.shape[0] // (h * w)
+            out = out.view(b, h, w, o)
+            if z is not None:
+                per_tap = torch.einsum("bz,ozt->bto", z, weight[:, :z_dim].reshape(o, z_dim, taps))
+                out = out + torch.einsum("bijo,iy,jx->byxo", per_tap.view(b, kh, kw, o), inside_y, inside_x)
+        ctx.save_for_backward(index, weight, z, inside_y, inside_x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        index, weight, z, inside_y, inside_x = ctx.saved_tensors
+        b, h, w, o = grad.shape
+        _, c, kh, kw = weight.shape
+        taps = kh * kw
+        z_dim = 0 if z is None else z.shape[1]
+        label_rows = (c - z_dim) * taps
+        grad_table = grad.new_zeros(label_rows + taps, o)
+        flat = grad.reshape(-1, o)
+        for tap in range(taps):
+            grad_table.index_add_(0, index[:, tap], flat)
+        grad_w = weight.new_empty(weight.shape)
+        grad_w[:, z_dim:].copy_(grad_table[:label_rows].t().view(o, c - z_dim, kh, kw))
+        grad_z = None
+        if z is not None:
+            per_tap = torch.einsum("byxo,iy,jx->bijo", grad, inside_y, inside_x).reshape(b, taps, o)
+            grad_w[:, :z_dim].copy_(torch.einsum("bz,bto->ozt", z, per_tap).view(o, z_dim, kh, kw))
+            if ctx.needs_input_grad[2]:
+                grad_z = torch.einsum("bto,ozt->bz", per_tap, weight[:, :z_dim].reshape(o, z_dim, taps))
+        return None, grad_w, grad_z, None, None
+
+
+def factored_conv2d(ids: Tensor, num_classes: int, weight: Tensor, z: Tensor | None = None) -> Tensor:
+    """conv2d([z broadcast to every pixel ; one_hot(ids, num_classes)], weight, padding=k // 2) (no bias).
+
+    ids: (B, H, W) int64; weight: (O, Z + N, kh, kw); z: None or (B, Z). Returns (B, O, H, W) with NHWC strides."""
+    _, _, kh, kw = weight.shape
+    b, h, w = ids.shape
+    inside_y, inside_x = _inside((h, w), (kh, kw), weight.device, weight.dtype)
+    out = _FactoredConv.apply(_tap_index(ids, num_classes, kh, kw), weight,
+                              None if z is None else z.to(weight.dtype), inside_y, inside_x)
+    return out.permute(0, 3, 1, 2)
+
+
 def onehot_conv2d(ids: Tensor, weight: Tensor) -> Tensor:
     """conv2d(one_hot(ids, N), weight, padding=k // 2) (no bias).
 
     ids: (B, H, W) int64; weight: (O, N, kh, kw); returns (B, O, H, W)."""
-    o, n, kh, kw = weight.shape
-    b, h, w = ids.shape
-    ph, pw = kh // 2, kw // 2
-    padded = F.pad(ids, (pw, pw, ph, ph), value=n)  # outside the image: row n of each tap's table, all zeros
-    # one table per tap: rows 0..n-1 = that tap's weight columns, row n = 0
-    table = F.pad(weight.permute(2, 3, 1, 0), (0, 0, 0, 1)).reshape(kh * kw * (n + 1), o)
-    taps = [padded[:, dy:dy + h, dx:dx + w] + (dy * kw + dx) * (n + 1) for dy in range(kh) for dx in range(kw)]
-    index = torch.stack(taps, dim=-1).reshape(-1, kh * kw)  # (B*H*W, taps)
-    out = _TapGather.apply(index, table)  # (B*H*W, O)
-    return out.view(b, h, w, o).permute(0, 3, 1, 2)
-
-
-class _TapGather(torch.autograd.Function):
-    """``F.embedding_bag(index, table, mode="sum")`` (index (P, taps), table (rows, O) -> (P, O)) whose table
-    gradient is summed tap by tap with ``index_add_``: one pass over the output gradient per tap, where
-    embedding_bag's own backward sorts all P*taps indices first (2.0-2.5x slower for OASIS's label maps on a
-    2-core CPU, e.g. P = 8192, 9 taps, 36 rows per tap, O = 128: 7.6 ms against 3.5 ms;
-    benchmarks/gradient_kernels.py)."""
-
-    @staticmethod
-    def forward(ctx, index, table):
-        ctx.save_for_backward(index)
-        ctx.rows = table.shape[0]
-        return F.embedding_bag(index, table, mode="sum")
-
-    @staticmethod
-    def backward(ctx, grad):
-        (index,) = ctx.saved_tensors
-        grad_table = grad.new_zeros(ctx.rows, grad.shape[1])
-        for tap in range(index.shape[1]):
-            grad_table.index_add_(0, index[:, tap], grad)
-        return None, grad_table
-
-
-def broadcast_conv2d(z: Tensor, weight: Tensor, size: tuple[int, int]) -> Tensor:
-    """conv2d(z broadcast to (B, Z, H, W), weight, padding=k // 2) (no bias): z (B, Z), weight (O, Z, kh, kw).
-
-    Per tap d the contribution W_z[:, :, d] @ z is the same at every pixel whose tap falls inside the image:
-    out[b, o, y, x] = sum_{i, j} A[b, o, i, j] * inside_y[i, y] * inside_x[j, x]."""
-    o, _, kh, kw = weight.shape
-    h, w = size
-    per_tap = torch.einsum("ozij,bz->boij", weight, z.to(weight.dtype))  # (B, O, kh, kw)
-    dev = per_tap.device
-    ys = torch.arange(h, device=dev)[None, :] + torch.arange(kh, device=dev)[:, None] - kh // 2
-    xs = torch.arange(w, device=dev)[None, :] + torch.arange(kw, device=dev)[:, None] - kw // 2
-    inside_y = ((ys >= 0) & (ys < h)).to(per_tap.dtype)  # (kh, H)
-    inside_x = ((xs >= 0) & (xs < w)).to(per_tap.dtype)  # (kw, W)
-    return torch.einsum("boij,iy,jx->boyx", per_tap, inside_y, inside_x)
+    return factored_conv2d(ids, weight.shape[1], weight)
 
 
 def seg_conv2d(conv: nn.Conv2d, seg: SegInput) -> Tensor:
@@ -136,13 +180,11 @@ def seg_conv2d(conv: nn.Conv2d, seg: SegInput) -> Tensor:
     _check(conv, seg)
     weight = conv.weight
     z_dim = seg.z_dim
-    out = onehot_conv2d(seg.ids, weight[:, z_dim:])
-    if seg.z is not None:
-        w_z = weight[:, :z_dim]
-        if seg.z.dim() == 2:
-            out = out + broadcast_conv2d(seg.z, w_z, tuple(seg.ids.shape[-2:]))
-        else:
-            out = out + F.conv2d(seg.z.to(w_z.dtype), w_z, padding=conv.padding)
+    if seg.z is None or seg.z.dim() == 2:
+        out = factored_conv2d(seg.ids, seg.num_classes, weight, seg.z)
+    else:  # spatial noise: a dense convolution over its channels
+        out = factored_conv2d(seg.ids, seg.num_classes, weight[:, z_dim:])
+        out = out + F.conv2d(seg.z.to(weight.dtype), weight[:, :z_dim], padding=conv.padding)
     if conv.bias is not None:
         out = out + conv.bias.view(1, -1, 1, 1)
     if torch.is_autocast_enabled(out.device.type):  # the dtype autocast's convolution of the dense map returns
