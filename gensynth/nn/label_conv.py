@@ -107,9 +107,9 @@ class _FactoredConv(torch.autograd.Function):
     * noise: per tap, W_z[:, :, tap] @ z is the same at every pixel whose tap is inside the image:
       out[b, y, x] += sum over (i, j) of A[b, i, j] * inside_y[i, y] * inside_x[j, x].
 
-    The backward writes both parts of the weight gradient into one weight-shaped tensor (one transposing copy of
-    the label part), where building the table through slices, ``permute`` and ``pad`` in autograd zero-filled and
-    copied weight-sized tensors several times. It is made of differentiable operations, so a second derivative
+    The backward writes both parts of the weight gradient into one weight-shaped tensor (the label part
+    transposed back once), where building the table through slices, ``permute`` and ``pad`` in autograd
+    zero-filled and copied weight-sized tensors several times. It is made of differentiable operations, so a second derivative
     (create_graph=True) works."""
 
     @staticmethod
