@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gensynth.nn import resample
+from gensynth.nn.conv import set_input_layout
 from gensynth.nn.resample import UpsampleNearest, upsample_nearest
 
 
@@ -36,11 +36,28 @@ def test_values_and_gradient_equal_interpolate(layout, scale):
     torch.testing.assert_close(x1.grad[0, 1, 3, 2], grad[0, 1, 3 * scale:4 * scale, 2 * scale:3 * scale].sum())
 
 
-def test_switch_off_keeps_the_input_layout(monkeypatch):
+def test_keep_layout_upsamples_the_input_as_it_comes():
     x = torch.randn(1, 3, 4, 4)
-    monkeypatch.setattr(resample, "NHWC_ON_CPU", False)
-    y = upsample_nearest(x)
+    y = upsample_nearest(x, 2, layout="keep")
     assert y.is_contiguous() and torch.equal(y, F.interpolate(x, scale_factor=2, mode="nearest"))
+    m = UpsampleNearest(2)
+    m.input_layout = "keep"
+    assert m(x).is_contiguous() and not m(x).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_set_input_layout_reaches_the_upsampling_of_both_generators_and_oasis_d():
+    """trainer.channels_last = false ("keep": NCHW throughout) must not get NHWC maps from the upsampling."""
+    from gensynth_oasis.discriminator import build_oasis_discriminator
+    from gensynth_oasis.generator import build_oasis_generator
+    from gensynth_spade.generator import build_spade_generator
+
+    for model in (build_oasis_generator(4, channels=2, num_res_blocks=3, z_dim=2, spade_hidden=4),
+                  build_spade_generator(4, ngf=2, num_upsampling_layers="normal", use_vae=False),
+                  build_oasis_discriminator(4, num_res_blocks=2, width=1 / 32)):
+        ups = [m for m in model.modules() if isinstance(m, UpsampleNearest)]
+        assert ups and all(m.input_layout == "by_shape" for m in ups)
+        set_input_layout(model, "keep")
+        assert all(m.input_layout == "keep" for m in ups)
 
 
 def test_module_matches_nn_upsample_and_has_no_state():

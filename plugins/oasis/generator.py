@@ -16,7 +16,7 @@ from gensynth.errors import ConfigError
 from gensynth.interfaces import Condition, Generator, GeneratorOutput, NoiseKind, as_condition
 from gensynth.nn.conv import Conv2d
 from gensynth.nn.label_conv import SegInput, seg_conv2d
-from gensynth.nn.resample import upsample_nearest
+from gensynth.nn.resample import UpsampleNearest
 from gensynth.nn.spade import SPADEResBlock, init_xavier, resize_seg
 
 # width multipliers of the official 6-block generator, input side first (times ``channels``)
@@ -86,6 +86,7 @@ class OASISGenerator(Generator):
                           hidden=opt.spade_hidden, kernel_size=opt.spade_ks)
             for i in range(opt.num_res_blocks))
         self.conv_img = Conv2d(self.widths[-1], 3, 3, padding=1)
+        self.up = UpsampleNearest(2)  # no parameters: the official keys are unchanged
         init_xavier(self)
 
     # ------------------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ class OASISGenerator(Generator):
         for i, block in enumerate(self.body):
             x = block(x, segs[i])
             if i < last:
-                x = upsample_nearest(x, 2)
+                x = self.up(x)
         image = torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))
         return GeneratorOutput(image=image)
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from gensynth.interfaces import Condition, Generator, GeneratorOutput, NoiseKind, as_condition
-from gensynth.nn.resample import upsample_nearest
+from gensynth.nn.resample import UpsampleNearest
 from gensynth.nn.spade import SPADEResBlock, init_xavier
 
 from gensynth_spade.encoder import ConvEncoder, reparameterize
@@ -98,6 +98,7 @@ class SpadeGenerator(Generator):
             self.up_4 = block(nf, nf // 2)
             final_nc = nf // 2
         self.conv_img = nn.Conv2d(final_nc, 3, 3, padding=1)
+        self.up = UpsampleNearest(2)  # no parameters: the official keys are unchanged
         init_xavier(self, gain=init_gain)
 
     # ------------------------------------------------------------------------------------------
@@ -160,23 +161,19 @@ class SpadeGenerator(Generator):
             x = self.fc(F.interpolate(seg, size=(sh, sw), mode="nearest"))
 
         x = self.head_0(x, seg)
-        x = self._up(x)
+        x = self.up(x)
         x = self.G_middle_0(x, seg)
         if self.num_up > 5:
-            x = self._up(x)
+            x = self.up(x)
         x = self.G_middle_1(x, seg)
         for blk in (self.up_0, self.up_1, self.up_2, self.up_3):
-            x = self._up(x)
+            x = self.up(x)
             x = blk(x, seg)
         if self.num_up == 7:
-            x = self._up(x)
+            x = self.up(x)
             x = self.up_4(x, seg)
         image = torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))
         return GeneratorOutput(image=image, aux=aux)
-
-    @staticmethod
-    def _up(x: Tensor) -> Tensor:
-        return upsample_nearest(x, 2)
 
 
 def build_spade_generator(num_classes: int, **options) -> SpadeGenerator:
