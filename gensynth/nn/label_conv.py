@@ -94,7 +94,7 @@ def _inside(size: tuple[int, int], kernel: tuple[int, int], device, dtype) -> tu
 
 
 class _FactoredConv(torch.autograd.Function):
-    """conv2d([z broadcast ; one_hot(ids)], weight) in NHWC order, with the weight gradient formed in place.
+    """conv2d([z broadcast ; one_hot(ids)], weight) in NHWC order, its weight gradient formed in one tensor.
 
     index (P, T) from :func:`_tap_index` (P = B*H*W pixels, T = kh*kw taps); weight (O, Z + N, kh, kw); z (B, Z)
     or None (then Z = 0); inside_y (kh, H), inside_x (kw, W) from :func:`_inside`. Returns (B, H, W, O).
@@ -109,8 +109,8 @@ class _FactoredConv(torch.autograd.Function):
 
     The backward writes both parts of the weight gradient into one weight-shaped tensor (the label part
     transposed back once), where building the table through slices, ``permute`` and ``pad`` in autograd
-    zero-filled and copied weight-sized tensors several times. It is made of differentiable operations, so a second derivative
-    (create_graph=True) works."""
+    zero-filled and copied weight-sized tensors several times. It is made of differentiable operations, so a
+    second derivative (create_graph=True) works."""
 
     @staticmethod
     def forward(ctx, index, weight, z, inside_y, inside_x):
@@ -162,9 +162,8 @@ def factored_conv2d(ids: Tensor, num_classes: int, weight: Tensor, z: Tensor | N
     """conv2d([z broadcast to every pixel ; one_hot(ids, num_classes)], weight, padding=k // 2) (no bias).
 
     ids: (B, H, W) int64; weight: (O, Z + N, kh, kw); z: None or (B, Z). Returns (B, O, H, W) with NHWC strides."""
-    _, _, kh, kw = weight.shape
-    b, h, w = ids.shape
-    inside_y, inside_x = _inside((h, w), (kh, kw), weight.device, weight.dtype)
+    kh, kw = weight.shape[-2:]
+    inside_y, inside_x = _inside(tuple(ids.shape[-2:]), (kh, kw), weight.device, weight.dtype)
     out = _FactoredConv.apply(_tap_index(ids, num_classes, kh, kw), weight,
                               None if z is None else z.to(weight.dtype), inside_y, inside_x)
     return out.permute(0, 3, 1, 2)
