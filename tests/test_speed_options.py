@@ -40,9 +40,11 @@ _NOISE_ONLY = re.compile(r"(^fc\.bias|^body\.\d+\.conv_0\.bias|running_mean)$")
 _ESTIMATES = re.compile(r"(weight_u|weight_v|running_var)$")
 
 
-def _assert_same_training(ref: dict, other: dict, atol: float, steps: int = 3, lr: float = 4e-4):
-    """Same keys; parameters within ``atol``; running estimates (spectral-norm u/v, BN variances) within 10x that;
-    the noise-only tensors within one Adam step (lr) per step."""
+def _assert_same_training(ref: dict, other: dict, atol: float, steps: int = 3, lr: float = 4e-4,
+                          estimate_atol: float | None = None):
+    """Same keys; parameters within ``atol``; running estimates (spectral-norm u/v, BN variances) within
+    ``estimate_atol`` (default 10x ``atol``); the noise-only tensors within one Adam step (lr) per step."""
+    estimate_atol = 10 * atol if estimate_atol is None else estimate_atol
     for part in ref:
         assert ref[part].keys() == other[part].keys(), part
         for k, a in ref[part].items():
@@ -50,7 +52,7 @@ def _assert_same_training(ref: dict, other: dict, atol: float, steps: int = 3, l
             if not a.dtype.is_floating_point:
                 assert torch.equal(a, b), f"{part}.{k}"
                 continue
-            tol = steps * lr * 1.01 if _NOISE_ONLY.search(k) else 10 * atol if _ESTIMATES.search(k) else atol
+            tol = steps * lr * 1.01 if _NOISE_ONLY.search(k) else estimate_atol if _ESTIMATES.search(k) else atol
             assert torch.allclose(a, b, rtol=0, atol=tol), f"{part}.{k}: max diff {(a - b).abs().max():.2e}"
 
 
@@ -95,7 +97,11 @@ def test_conv_layout_by_shape_trains_the_same(for_loop_run, tiny_cache, tmp_path
     other = _train(tmp_path, tiny_cache, "by_shape", **{"optim.implementation": "for-loop",
                                                         "trainer.channels_last": "by_shape"})
     assert any(nhwc_calls) and not all(nhwc_calls), f"both kinds of layers expected: {sum(nhwc_calls)} NHWC calls of {len(nhwc_calls)}"
-    _assert_same_training(for_loop_run, other, atol=1e-5)
+    # by_shape also upsamples from NHWC (keep: NCHW), which changes the summation order of the upsampling's
+    # backward. Every parameter stays within 1e-5, but a power-iteration vector moves by about the weights'
+    # difference over the gap between the layer's two largest singular values, which is small in these tiny
+    # random layers: one D layer's v differed by 1.9e-4 with two OpenMP threads (5e-5 for the others).
+    _assert_same_training(for_loop_run, other, atol=1e-5, estimate_atol=5e-4)
 
 
 def test_merged_d_calls_train_the_same(for_loop_run, tiny_cache, tmp_path):
