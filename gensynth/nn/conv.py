@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from gensynth.nn.gemm_conv import gemm_conv2d, prefers_gemm
+from gensynth.nn.gemm_conv import gemm_conv2d, prefers_matrix_products
 from gensynth.nn.grad_buffer import layer_gradient_buffer
 
 
@@ -54,8 +54,8 @@ def autocast_active(x: Tensor) -> bool:
 
 #: how a convolution reads its input: "by_shape" (the default of gensynth's layers) = NHWC when the map is large for
 #: its channel count (:func:`prefers_channels_last`), NCHW otherwise, and a CPU call that is bound by its weight
-#: runs as matrix products over the unfolded input (:func:`gensynth.nn.gemm_conv.prefers_gemm`); "keep" = as it
-#: comes, through the plain PyTorch convolution
+#: runs as matrix products over the unfolded input (:func:`gensynth.nn.gemm_conv.prefers_gemm`), as does a 1x1
+#: call (:mod:`gensynth.nn.pointwise_conv`); "keep" = as it comes, through the plain PyTorch convolution
 InputLayout = Literal["keep", "by_shape"]
 
 #: with ``input_layout="by_shape"``, a convolution reads a channels-last (NHWC) input when its output has at least
@@ -101,7 +101,7 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and keys) that runs in fp32 under autocast when it is weight-bound
     (:func:`autocast_keeps_fp32`) and, with ``input_layout = "by_shape"``, reads its input in the memory format
     its shape runs fastest in (:func:`arrange_input`), or as matrix products when the weight bounds it on the CPU
-    (:func:`gensynth.nn.gemm_conv.prefers_gemm`)."""
+    (:func:`gensynth.nn.gemm_conv.prefers_matrix_products`: weight-bound or 1x1)."""
 
     #: "by_shape" (default) or "keep" (plain ``nn.Conv2d``); the trainer sets it from ``trainer.channels_last``
     input_layout: InputLayout = "by_shape"
@@ -121,7 +121,7 @@ class Conv2d(nn.Conv2d):
 
     def _conv(self, x: Tensor, output_numel: int) -> Tensor:
         if (self.input_layout == "by_shape" and self.padding_mode == "zeros"
-                and prefers_gemm(x, self.weight, output_numel, self.groups)):
+                and prefers_matrix_products(x, self.weight, output_numel, self.stride, self.padding, self.groups)):
             return gemm_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                                layer_gradient_buffer(self))
         return super().forward(x)

@@ -14,7 +14,8 @@ The extra term lets spectral normalisation add sigma's rank-1 weight gradient in
 second pass over the weight (:class:`gensynth.nn.spectral.SpectralConv2d`).
 
 :func:`prefers_gemm` says when: CPU, groups 1, fp32/fp64, and fewer than 1/GEMM_WEIGHT_PER_OUTPUT output elements
-per weight element. Results equal the convolution's up to floating-point rounding (tests/test_gemm_conv.py).
+per weight element. 1x1 convolutions also run here, without unfolding (:mod:`gensynth.nn.pointwise_conv`;
+:func:`prefers_matrix_products` covers both). Results equal the convolution's up to floating-point rounding (tests/test_gemm_conv.py).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gensynth.nn.grad_buffer import GradientBuffer
+from gensynth.nn.pointwise_conv import (is_pointwise, pointwise_conv2d_backward, pointwise_conv2d_forward,
+                                        prefers_pointwise)
 
 Pair = tuple[int, int]
 
@@ -43,6 +46,16 @@ def prefers_gemm(x: Tensor, weight: Tensor, output_numel: int, groups: int = 1) 
             and output_numel * GEMM_WEIGHT_PER_OUTPUT < weight.numel())
 
 
+def prefers_matrix_products(x: Tensor, weight: Tensor, output_numel: int, stride: Pair, padding: Pair,
+                            groups: int = 1) -> bool:
+    """True when :func:`gemm_conv2d` should run a zero-padded convolution: weight-bound (:func:`prefers_gemm`) or
+    pointwise (:func:`gensynth.nn.pointwise_conv.prefers_pointwise`), and outside autocast (which would run the
+    products in low precision: :mod:`gensynth.nn.conv` turns autocast off for the calls it keeps in fp32)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return False
+    return prefers_gemm(x, weight, output_numel, groups) or prefers_pointwise(x, weight, stride, padding, groups)
+
+
 def _columns(x: Tensor, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair) -> tuple[Tensor, Pair]:
     """(cols (C*kh*kw, B*L), (H', W')): the unfolded input, one column per output position, batch-major."""
     b = x.shape[0]
@@ -56,7 +69,10 @@ def _columns(x: Tensor, kernel: Pair, stride: Pair, padding: Pair, dilation: Pai
 
 def gemm_conv2d_forward(x: Tensor, weight: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> Tensor:
     """conv2d(x, weight) without bias, as W @ unfold(x): x (B, C, H, W), weight (O, C, kh, kw) -> (B, O, H', W')
-    contiguous."""
+    contiguous; a pointwise (1x1) weight skips the unfolding and keeps x's memory format
+    (:mod:`gensynth.nn.pointwise_conv`)."""
+    if is_pointwise(weight, stride, padding):
+        return pointwise_conv2d_forward(x, weight)
     out_channels = weight.shape[0]
     cols, (h, w) = _columns(x, tuple(weight.shape[-2:]), stride, padding, dilation)
     y = torch.mm(weight.reshape(out_channels, -1), cols)  # (O, B*L)
@@ -73,7 +89,10 @@ def gemm_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, stride: Pair, 
 
     ``extra = (left (O, R), right (R, C*kh*kw))`` adds ``left @ right`` to the weight gradient within the same
     matrix product. grad_weight has ``weight``'s shape and is contiguous; with ``grad_buffer`` it is written into
-    the memory that buffer keeps from the previous backward when nothing else uses it any more."""
+    the memory that buffer keeps from the previous backward when nothing else uses it any more (not for a pointwise
+    weight, whose gradient is small: :mod:`gensynth.nn.pointwise_conv`)."""
+    if is_pointwise(weight, stride, padding):
+        return pointwise_conv2d_backward(grad, x, weight, need_input, need_weight, extra)
     b, out_channels = grad.shape[0], grad.shape[1]
     kernel = tuple(weight.shape[-2:])
     g = grad.reshape(out_channels, -1) if b == 1 else grad.transpose(0, 1).reshape(out_channels, -1)  # (O, B*L)

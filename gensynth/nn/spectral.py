@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from gensynth.nn.conv import (InputLayout, arrange_input, autocast_active, autocast_keeps_fp32, conv_output_numel,
                               weight_bound)
-from gensynth.nn.gemm_conv import gemm_conv2d, gemm_conv2d_backward, gemm_conv2d_forward, prefers_gemm
+from gensynth.nn.gemm_conv import gemm_conv2d, gemm_conv2d_backward, gemm_conv2d_forward, prefers_matrix_products
 from gensynth.nn.grad_buffer import GradientBuffer, layer_gradient_buffer
 
 Scale = Literal["auto", "weight", "output"]
@@ -256,14 +256,17 @@ class SpectralConv2d(nn.Module):
                                            self.dilation, self.groups, None, *self._gemm_args(x))
         sigma = self._sigma(power_iteration=self.training)
         if not self.scales_output(x):
+            if self._gemm(x):  # as matrix products (in practice a pointwise layer on a large map)
+                return gemm_conv2d(x, self.weight_orig / sigma, self.bias, self.stride, self.padding, self.dilation)
             return F.conv2d(x, self.weight_orig / sigma, self.bias, self.stride, self.padding, self.dilation,
                             self.groups)
         return self._divided_plus_bias(self._unscaled_conv(x), torch.reciprocal(sigma))
 
     def _gemm(self, x: Tensor) -> bool:
-        """Whether this call runs as matrix products (:func:`gensynth.nn.gemm_conv.prefers_gemm`)."""
+        """Whether this call runs as matrix products (:func:`gensynth.nn.gemm_conv.prefers_matrix_products`)."""
         return (self.input_layout == "by_shape"
-                and prefers_gemm(x, self.weight_orig, self.output_numel(x), self.groups))
+                and prefers_matrix_products(x, self.weight_orig, self.output_numel(x), self.stride, self.padding,
+                                            self.groups))
 
     def _gemm_args(self, x: Tensor) -> tuple[bool, GradientBuffer | None]:
         """(gemm, grad_buffer) for :class:`_OutputScaledConv`."""
