@@ -5,7 +5,7 @@ discriminator's last shortcut and its output layer at batch 3 = the merged D-ste
 gensynth.nn.gemm_conv.gemm_conv2d in the same process, forward alone and backward (input and weight gradients)
 alone, for the memory formats the training iteration hands them: the input NHWC or NCHW (as gensynth's
 convolutions arrange it by shape), the output gradient NHWC (from a convolution) or NCHW (from the loss). Rounds
-alternate between the two paths; it prints both times and their ratio.
+alternate between the two paths (the timing loop of weight_bound_convs.py); it prints both times and their ratio.
 
     OMP_NUM_THREADS=1 python benchmarks/pointwise_convs.py --threads 1
 """
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,6 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine_rates import machine_info  # noqa: E402
+from weight_bound_convs import median_forward_backward_ms  # noqa: E402
 
 from gensynth.nn.gemm_conv import gemm_conv2d  # noqa: E402
 
@@ -56,12 +55,6 @@ def _fmt(t: torch.Tensor, fmt: str) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last if fmt == "nhwc" else torch.contiguous_format)
 
 
-def _time(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def measure(shape: tuple, repeats: int) -> dict:
     b, cin, cout, h, w, x_fmt, g_fmt, _ = shape
     x = _fmt(torch.randn(b, cin, h, w), x_fmt).requires_grad_()
@@ -69,14 +62,7 @@ def measure(shape: tuple, repeats: int) -> dict:
     grad = _fmt(torch.randn(b, cout, h, w), g_fmt)
     paths = {"conv": lambda: F.conv2d(x, weight),
              "matmul": lambda: gemm_conv2d(x, weight, None, (1, 1), (0, 0), (1, 1))}
-    times = {f"{p}_{part}": [] for p in paths for part in ("forward", "backward")}
-    for _ in range(repeats + 2):  # two warm-up rounds
-        for name, fn in paths.items():
-            with torch.no_grad():
-                times[f"{name}_forward"].append(_time(fn))
-            y = fn()
-            times[f"{name}_backward"].append(_time(lambda: torch.autograd.grad(y, (x, weight), grad)))
-    med = {k: statistics.median(v[2:]) * 1e3 for k, v in times.items()}
+    med = median_forward_backward_ms(paths, (x, weight), grad, repeats)
     total = {p: med[f"{p}_forward"] + med[f"{p}_backward"] for p in paths}
     return {"shape": list(shape[:5]), "input_format": x_fmt, "grad_format": g_fmt, "where": shape[7],
             **{f"{k}_ms": round(v, 3) for k, v in med.items()},

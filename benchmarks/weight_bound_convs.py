@@ -44,6 +44,21 @@ def _time(fn) -> float:
     return time.perf_counter() - t
 
 
+def median_forward_backward_ms(paths: dict, inputs: tuple[torch.Tensor, ...], grad: torch.Tensor,
+                               repeats: int) -> dict[str, float]:
+    """{"<path>_forward": ms, "<path>_backward": ms}: medians over ``repeats`` rounds (after two warm-up rounds)
+    that alternate between the ``paths`` (name -> function computing the output from ``inputs``); the forward is
+    timed without autograd, the backward as the gradients of ``inputs`` for the output gradient ``grad``."""
+    times = {f"{p}_{part}": [] for p in paths for part in ("forward", "backward")}
+    for _ in range(repeats + 2):
+        for name, fn in paths.items():
+            with torch.no_grad():
+                times[f"{name}_forward"].append(_time(fn))
+            y = fn()
+            times[f"{name}_backward"].append(_time(lambda: torch.autograd.grad(y, inputs, grad)))
+    return {k: statistics.median(v[2:]) * 1e3 for k, v in times.items()}
+
+
 def measure(shape: tuple[int, int, int, int, int], repeats: int, dtype: torch.dtype) -> dict:
     b, cin, cout, h, w = shape
     x = torch.randn(b, cin, h, w, dtype=dtype, requires_grad=True)
@@ -51,14 +66,7 @@ def measure(shape: tuple[int, int, int, int, int], repeats: int, dtype: torch.dt
     grad = torch.randn(b, cout, h, w, dtype=dtype)
     paths = {"conv": lambda: F.conv2d(x, weight, None, 1, 1),
              "gemm": lambda: gemm_conv2d(x, weight, None, (1, 1), (1, 1), (1, 1))}
-    times = {f"{p}_{part}": [] for p in paths for part in ("forward", "backward")}
-    for _ in range(repeats + 2):  # two warm-up rounds
-        for name, fn in paths.items():
-            with torch.no_grad():
-                times[f"{name}_forward"].append(_time(fn))
-            y = fn()
-            times[f"{name}_backward"].append(_time(lambda: torch.autograd.grad(y, (x, weight), grad)))
-    med = {k: statistics.median(v[2:]) * 1e3 for k, v in times.items()}
+    med = median_forward_backward_ms(paths, (x, weight), grad, repeats)
     numel_out = b * cout * h * w
     return {"shape": list(shape), "weight_per_output": weight.numel() / numel_out,
             "rule_picks_gemm": prefers_gemm(x, weight, numel_out),
