@@ -15,7 +15,8 @@ second pass over the weight (:class:`gensynth.nn.spectral.SpectralConv2d`).
 
 :func:`prefers_gemm` says when: CPU, groups 1, fp32/fp64, and fewer than 1/GEMM_WEIGHT_PER_OUTPUT output elements
 per weight element. 1x1 convolutions also run here, without unfolding (:mod:`gensynth.nn.pointwise_conv`;
-:func:`prefers_matrix_products` covers both). Results equal the convolution's up to floating-point rounding (tests/test_gemm_conv.py).
+:func:`prefers_matrix_products` covers both). Results equal the convolution's up to floating-point rounding
+(tests/test_gemm_conv.py, tests/test_pointwise_conv.py).
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ loss). Here each pass is one matrix product that reads either layout through its
     input grad   (NHWC) G (B*H*W, O) @ W   or   (NCHW) W^T @ g_b
     weight grad  sum_b g_b (O, H*W) @ x_b^T (H*W, C)   [+ an extra rank-R term]
 
-The input gradient has the input's memory format, the output the input's, as PyTorch's convolutions do.
+The output and the input gradient come in the input's memory format, as PyTorch's convolutions return them.
 :func:`prefers_pointwise` says when: CPU, fp32/fp64, groups 1, a 1x1 kernel, stride 1, no padding.
 """
 from __future__ import annotations
