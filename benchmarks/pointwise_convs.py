@@ -28,9 +28,10 @@ from gensynth.nn.gemm_conv import gemm_conv2d  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pointwise_convs.json"
 
-#: (batch, in, out, H, W, input format, output-gradient format, where): the 1x1 calls of one OASIS ADE20K iteration
-#: at 64x64 with the formats they met there (recorded with a spy on gensynth.nn.pointwise_conv), then the two
-#: largest of Cityscapes at 64x128. G = the generator's learned shortcuts (batch 1); D = the discriminator's
+#: (batch, in, out, H, W, input format, output-gradient format, where): the generator's and the D step's 1x1 calls
+#: of one OASIS ADE20K iteration at 64x64 with the formats they met there (recorded with a spy on
+#: gensynth.nn.pointwise_conv; the G step's batch-1 discriminator calls are left out), then the two largest of
+#: Cityscapes at 64x128. G = the generator's learned shortcuts (batch 1); D = the discriminator's
 #: shortcuts and output layer in the merged D-step call (batch 3)
 SHAPES = [
     (1, 1024, 512, 8, 8, "nchw", "nhwc", "G"),
