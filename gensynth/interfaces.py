@@ -418,11 +418,19 @@ class TrainingMethod(abc.ABC):
     ``d_losses`` and ``g_losses`` return named scalar losses; the trainer sums them, scales them for
     mixed precision and accumulation, runs backward and steps the optimisers. It owns everything
     else (devices, DDP, EMA, checkpoints, logging).
+
+    ``stats``: detached 0-d device tensors for the training-health monitor (:mod:`gensynth.train.health`),
+    refreshed by every step: ``d_spread`` (:func:`~gensynth.train.health.output_spread` of D's outputs in the
+    D step) and, when ``measure_images`` was set before the step, ``label_dependence`` and
+    ``label_dependence_real`` (:func:`~gensynth.train.health.label_dependence` of the G step's fake and real
+    images). A method that fills none of them is simply not judged on them.
     """
 
     def __init__(self, objective: Objective, terms: Sequence[LossTerm]):
         self.objective = objective
         self.terms = list(terms)
+        self.stats: dict[str, Tensor] = {}
+        self.measure_images = False
 
     @abc.abstractmethod
     def d_losses(self, G: Callable, D: Callable, real: Tensor, cond: Condition, step: int = 0) -> dict[str, Tensor]: ...

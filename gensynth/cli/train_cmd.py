@@ -12,6 +12,10 @@ import click
 from rich.console import Console
 
 
+#: what --official-recipe sets: the official OASIS training numerics (no stable start, constant EMA decay)
+OFFICIAL_RECIPE = {"trainer.stable_start": False, "trainer.ema_warmup": False}
+
+
 def _flags_to_config(opts: dict) -> dict:
     """Map the command's flags onto dotted config keys (contract 5)."""
     from gensynth.config import parse_set
@@ -41,6 +45,8 @@ def _flags_to_config(opts: dict) -> dict:
         cli["model.objective_options.balancing"] = False
     if opts.get("paper"):
         cli["model.values"] = "paper"
+    if opts.get("official_recipe"):
+        cli.update(OFFICIAL_RECIPE)
     cli.update(parse_set(opts.get("set_items") or ()))
     return cli
 
@@ -72,6 +78,9 @@ def _launch(nproc: int, cli: dict, config_path: str | None, resume: bool) -> Non
 @click.option("--no-labelmix", is_flag=True, help="drop the LabelMix term")
 @click.option("--no-balancing", is_flag=True, help="N+1 loss without class balancing")
 @click.option("--paper", is_flag=True, help="use the paper's stated values where they differ from the official code")
+@click.option("--official-recipe", is_flag=True,
+              help="the official training numerics: no stable start for D, constant EMA decay "
+                   "(trainer.stable_start=false trainer.ema_warmup=false)")
 @click.option("--steps", type=int, help="total optimisation steps")
 @click.option("--batch-size", type=int, help="global batch size (divided among processes)")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]))
