@@ -7,12 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from gensynth.config import RunConfig
 from gensynth.errors import ConfigError, IncompatibleError
 from gensynth.interfaces import (Capability, DatasetSpec, Discriminator, Generator, LossTerm, ModelPreset,
                                  Objective, TrainingMethod, discriminator_capabilities)
+from gensynth.contracts import (ContractError, check_discriminator_module, check_generator_module,
+                                check_objective_accepts, part_ref)
+from gensynth.options import select_part_options, validate_part_options
 from gensynth.plugins import PluginHost, get_host
 
 
@@ -51,20 +52,14 @@ class Parts:
         return self.num_classes - 1 if self.dontcare_last else self.dataset.dontcare
 
 
-def _validate_options(entry, options: dict[str, Any], where: str) -> dict[str, Any]:
-    schema = entry.options
-    if schema is None:
-        return dict(options)
-    if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
-        return dict(options)
-    try:
-        return schema.model_validate(options).model_dump()
-    except ValidationError as exc:
-        lines = [f"invalid {where} for {entry.name!r}:"]
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {where}.{loc} = {err.get('input')!r}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+def _validate_options(entry, options: dict[str, Any], where: str, kind: str = "part") -> dict[str, Any]:
+    """Kept for callers of the former helper: :func:`gensynth.options.validate_part_options`."""
+    return validate_part_options(entry, options, kind, where)
+
+
+def part_options(options: dict[str, Any], name: str, registry) -> dict[str, Any]:
+    """The options of part ``name`` from a ``*_options`` mapping (its namespace over the flat keys)."""
+    return select_part_options(options, name, registry.names())
 
 
 def resolve_parts(cfg: RunConfig, host: PluginHost | None = None) -> Parts:
@@ -99,10 +94,14 @@ def resolve_parts(cfg: RunConfig, host: PluginHost | None = None) -> Parts:
             notes.append(f"objective {o_name!r} follows discriminator {d_name!r} "
                          f"(the preset's {preset.objective.name!r} cannot score its {d_cls.output_kind.value!r} output)")
     # options from the preset apply only when the part is the preset's own
-    g_opts = {**(preset.generator.options if g_name == preset.generator.name else {}), **m.generator_options}
-    d_opts = {**(preset.discriminator.options if d_name == preset.discriminator.name else {}), **m.discriminator_options}
-    o_opts = {**(preset.objective.options if o_name == preset.objective.name else {}), **m.objective_options}
-    o_entry = host.registry("objectives").entry(o_name)
+    g_reg, d_reg, o_reg = (host.registry(k) for k in ("generators", "discriminators", "objectives"))
+    g_opts = {**(preset.generator.options if g_name == preset.generator.name else {}),
+              **part_options(m.generator_options, g_name, g_reg)}
+    d_opts = {**(preset.discriminator.options if d_name == preset.discriminator.name else {}),
+              **part_options(m.discriminator_options, d_name, d_reg)}
+    o_opts = {**(preset.objective.options if o_name == preset.objective.name else {}),
+              **part_options(m.objective_options, o_name, o_reg)}
+    o_entry = o_reg.entry(o_name)
     loss_reg = host.registry("losses")
     losses: dict[str, float] = {}
     for name, weight in {**preset.losses, **m.losses}.items():
@@ -116,10 +115,13 @@ def resolve_parts(cfg: RunConfig, host: PluginHost | None = None) -> Parts:
                              f"{', '.join(c.value for c in _missing_capabilities(term_cls, d_cls))}")
                 continue
         losses[name] = float(weight)
-    parts = Parts(preset, dataset, g_name, _validate_options(g_entry, g_opts, "model.generator_options"),
-                  d_name, _validate_options(d_entry, d_opts, "model.discriminator_options"),
-                  o_name, _validate_options(o_entry, o_opts, "model.objective_options"), losses, dict(m.loss_options),
-                  notes)
+    loss_options = {name: validate_part_options(loss_reg.entry(name), m.loss_options.get(name, {}), "loss",
+                                                f"model.loss_options.{name}")
+                    for name in losses}
+    parts = Parts(preset, dataset, g_name, validate_part_options(g_entry, g_opts, "generator"),
+                  d_name, validate_part_options(d_entry, d_opts, "discriminator"),
+                  o_name, validate_part_options(o_entry, o_opts, "objective"), losses,
+                  {**dict(m.loss_options), **{k: v for k, v in loss_options.items() if v}}, notes)
     check_compatibility(parts, host)
     return parts
 
@@ -129,9 +131,14 @@ def _missing_capabilities(term_cls, d_cls) -> list[Capability]:
     return [c for c in term_cls.requires if c in (Capability.PIXEL_OUTPUT, Capability.FEATURES) and c not in caps]
 
 
-def _discriminator_class(entry) -> type[Discriminator] | None:
+def discriminator_class(entry) -> type[Discriminator] | None:
+    """The Discriminator class of a registry entry (its ``cls=`` or the registered class), or None for a factory
+    that does not declare it."""
     cls = entry.extra.get("cls") or entry.obj
     return cls if isinstance(cls, type) and issubclass(cls, Discriminator) else None
+
+
+_discriminator_class = discriminator_class
 
 
 def check_compatibility(parts: Parts, host: PluginHost | None = None) -> None:
@@ -168,18 +175,28 @@ def check_compatibility(parts: Parts, host: PluginHost | None = None) -> None:
 
 
 def build_generator(parts: Parts, host: PluginHost | None = None, **overrides: Any) -> Generator:
+    """The generator of ``parts``; raises ContractError naming it when the factory returns no Generator."""
     host = host or get_host()
     factory = host.registry("generators").get(parts.generator)
-    return factory(num_classes=parts.num_classes, **{**parts.generator_options, **overrides})
+    g = factory(num_classes=parts.num_classes, **{**parts.generator_options, **overrides})
+    check_generator_module(g, part_ref(host, "generators", parts.generator), parts.num_classes)
+    return g
 
 
 def build_discriminator(parts: Parts, host: PluginHost | None = None, **overrides: Any) -> Discriminator:
+    """The discriminator of ``parts``; raises ContractError naming it when the factory returns no Discriminator
+    with a declared output kind, IncompatibleError when the objective cannot score that kind."""
     host = host or get_host()
     factory = host.registry("discriminators").get(parts.discriminator)
     d = factory(num_classes=parts.num_classes, **{**parts.discriminator_options, **overrides})
+    check_discriminator_module(d, part_ref(host, "discriminators", parts.discriminator), parts.num_classes)
     o_cls = host.registry("objectives").get(parts.objective)
     if d.output_kind not in o_cls.accepts:
-        raise IncompatibleError(f"objective {parts.objective!r} cannot score {parts.discriminator!r} ({d.output_kind.value})")
+        try:
+            check_objective_accepts(o_cls, d.output_kind, part_ref(host, "objectives", parts.objective),
+                                    part_ref(host, "discriminators", parts.discriminator))
+        except ContractError as exc:
+            raise IncompatibleError(f"{exc} (choose an objective with --objective NAME)") from None
     return d
 
 

@@ -374,6 +374,11 @@ class DatasetSpec(abc.ABC):
         """Config overrides this dataset brings (dotted keys), e.g. {'data.size': [256, 512]}."""
         return {}
 
+    def example_root(self) -> str | None:
+        """Optional: a directory with a few samples in this dataset's layout shipped with the plugin (e.g. via
+        ``importlib.resources``), read by ``gensynth plugins check`` and :mod:`gensynth.testing`. Default None."""
+        return None
+
 
 # --------------------------------------------------------------------------------------------
 # Model presets and training methods

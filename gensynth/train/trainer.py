@@ -23,6 +23,7 @@ from gensynth.checkpoint import (BEST, LATEST, Checkpoint, checkpoint_root, list
                                  prune_checkpoints, read_pointer, save_checkpoint, step_dir_name, write_pointer,
                                  write_text_atomic)
 from gensynth.config import RunConfig, dump_resolved, flatten
+from gensynth.contracts import FirstStepContracts, first_step_contracts
 from gensynth.errors import CheckpointError, ConfigError, GensynthError
 from gensynth.method import unwrap
 from gensynth.nn.grad_buffer import release_gradient_buffers
@@ -132,6 +133,7 @@ class Trainer:
             self.method.merge_d_calls = cfg.trainer.merge_d_calls
         for term in self.method.terms:
             term.to(self.device)
+        self._contracts = first_step_contracts(self.parts, self.method, self.D)  # checked on the first step only
         self.ema = EMA(self.G, cfg.trainer.ema_decay, cfg.trainer.ema_warmup) if cfg.trainer.ema_decay is not None else None
         oc = cfg.optim
         betas = (float(oc.beta1), float(oc.beta2))
@@ -183,6 +185,7 @@ class Trainer:
             self.progress.message(f"resuming {self.run_dir} from {resumed.path.name} (step {self.step})")
 
     _init_report: InitReport | None = None
+    _contracts: FirstStepContracts | None = None
     _d_trainable: list | None = None
 
     def _total_steps(self) -> int:
@@ -326,11 +329,16 @@ class Trainer:
     def _accumulate(self, losses_fn, wrapped, scaler, micros: list) -> None:
         """Backward of ``losses_fn`` summed over the micro-batches (DDP gradients synchronised on the last one)."""
         prec, dev, n = self.cfg.trainer.precision, self.device, len(micros)
+        checks = self._contracts  # the parts' contracts, on the first step of this process (host syncs)
+        G, D = (checks.generator(self.G_train), checks.discriminator(self.D_train)) if checks else (self.G_train,
+                                                                                                   self.D_train)
         for i, (real, cond) in enumerate(micros):
             last = not self.dist.enabled or i == n - 1
             with contextlib.nullcontext() if last else wrapped.no_sync():
                 with autocast(prec, dev):
-                    losses = losses_fn(self.G_train, self.D_train, real, cond, self.step)
+                    losses = losses_fn(G, D, real, cond, self.step)
+                if checks:
+                    checks.losses(losses)
                 self._record(losses)
                 scaler.scale((sum(losses.values()) / n).float()).backward()
 
@@ -350,6 +358,7 @@ class Trainer:
         self._accumulate(self.method.d_losses, self.D_train, self.scaler_d, micros)
         self._optim_step(self.opt_d, self.scaler_d, self.D.parameters())
         self.opt_d.zero_grad(set_to_none=True)  # nor D's through the next G step
+        self._contracts = None
         if self.ema is not None:
             self.ema.update(self.G)
         self.sched_g.step()

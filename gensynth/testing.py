@@ -1,0 +1,633 @@
+"""Check a plugin's parts the way training uses them: ``gensynth plugins check`` and plugin authors' own tests.
+
+Every registered part is built at a tiny size (the ``tiny=`` options it registered, else its defaults), run on a
+generated batch, checked against its interface's contracts (:mod:`gensynth.contracts`) and, where it trains,
+differentiated. In a plugin's tests::
+
+    import my_plugin
+    from gensynth.testing import assert_plugin_ok
+
+    def test_my_plugin_keeps_the_contracts():
+        assert_plugin_ok(my_plugin)   # registered through pluggy, nothing installed
+
+or one part: ``check_part("discriminators", "mine", host=plugin_host(my_plugin))``.
+"""
+from __future__ import annotations
+
+import io
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from gensynth.contracts import (ContractError, FirstStepContracts, PartRef, check_discriminator_module,
+                                check_discriminator_output, check_generator_module, check_generator_output,
+                                check_loss_value, check_objective_accepts, describe)
+from gensynth.interfaces import (Capability, Condition, Discriminator, DiscriminatorOutput, DOutputKind, Generator,
+                                 GeneratorOutput, Objective, RawSample, one_hot)
+
+#: the registries a plugin check covers, in the order they are reported
+CHECKED_KINDS = ("generators", "discriminators", "objectives", "losses", "datasets", "segmenters", "models")
+
+
+@dataclass
+class CheckResult:
+    """One check of one part: ``status`` "ok", "FAIL" or "skip"; ``detail`` says what was seen or why."""
+
+    kind: str
+    name: str
+    plugin: str
+    check: str
+    status: str
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "FAIL"
+
+
+@dataclass
+class ProbeSettings:
+    """The generated batch: ``batch`` images of ``size`` (H, W) labelled with ``num_classes`` classes."""
+
+    batch: int = 2
+    size: tuple[int, int] = (64, 64)
+    num_classes: int = 4
+    seed: int = 0
+
+
+class PluginCheckFailed(AssertionError):
+    """Raised by :func:`assert_plugin_ok`; the message lists every failed check."""
+
+
+# --------------------------------------------------------------------------------------------
+# generated inputs and probe parts
+# --------------------------------------------------------------------------------------------
+def make_batch(s: ProbeSettings, *, edges: bool = False, style: bool = False) -> tuple[Tensor, Condition]:
+    """(real (B, 3, H, W) in [-1, 1], Condition with one-hot labels of blocky random ids, edges, style image)."""
+    g = torch.Generator().manual_seed(s.seed)
+    h, w = s.size
+    coarse = torch.randint(0, s.num_classes, (s.batch, 1, max(1, h // 8), max(1, w // 8)), generator=g)
+    ids = nn.functional.interpolate(coarse.float(), size=(h, w), mode="nearest").long()[:, 0]
+    real = torch.rand(s.batch, 3, h, w, generator=g) * 2 - 1
+    labels = one_hot(ids, s.num_classes)
+    cond = Condition(labels=labels, ids=ids)
+    if edges:
+        from gensynth.interfaces import instance_edges
+
+        cond.instance_edges = instance_edges(ids)
+    if style:
+        cond.style_image = real
+    return real, cond
+
+
+class ProbeDiscriminator(Discriminator):
+    """A tiny discriminator of any :class:`DOutputKind` (with features), to check objectives and loss terms."""
+
+    takes_labels = True
+
+    def __init__(self, kind: DOutputKind, num_classes: int, provides_features: bool = True):
+        super().__init__()
+        self.output_kind = kind
+        self.provides_features = provides_features
+        self.num_classes = num_classes
+        out = num_classes + 1 if kind == DOutputKind.PIXEL_CLASSES else 1
+        self.body = nn.Conv2d(3 + num_classes, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, out, 1)
+
+    def forward(self, image: Tensor, cond: Condition | None = None) -> DiscriminatorOutput:
+        labels = cond.labels.to(image.dtype) if cond is not None else image.new_zeros(
+            image.shape[0], self.num_classes, *image.shape[2:])
+        f = torch.relu(self.body(torch.cat([image, labels], 1)))
+        logits = self.head(f)
+        if self.output_kind == DOutputKind.PATCH:
+            small = nn.functional.avg_pool2d(f, 2)
+            return DiscriminatorOutput(self.output_kind, [logits, self.head(small)],
+                                       [[f], [small]] if self.provides_features else None)
+        if self.output_kind == DOutputKind.IMAGE:
+            logits = logits.mean(dim=(2, 3))
+        return DiscriminatorOutput(self.output_kind, logits, [[f]] if self.provides_features else None)
+
+
+class ProbeGenerator(Generator):
+    """A tiny generator: labels -> tanh image; ``aux`` holds mu/logvar (B, 8) when asked (loss terms needing them)."""
+
+    uses_style_image = False
+
+    def __init__(self, num_classes: int, with_aux: bool = False):
+        super().__init__()
+        self.num_classes = num_classes
+        self.with_aux = with_aux
+        self.conv = nn.Conv2d(num_classes, 3, 3, padding=1)
+        self.latent = nn.Parameter(torch.zeros(2, 8))
+
+    def forward(self, cond, z=None) -> GeneratorOutput:
+        image = torch.tanh(self.conv(cond.labels))
+        aux = {}
+        if self.with_aux:
+            b = image.shape[0]
+            aux = {"mu": self.latent[:1].expand(b, -1) + image.mean(), "logvar": self.latent[1:].expand(b, -1)}
+        return GeneratorOutput(image, aux)
+
+
+class ProbeObjective(Objective):
+    """Scores any output kind (softplus of the logits' mean): lets loss terms be checked without a real objective."""
+
+    accepts = frozenset(DOutputKind)
+    name = "probe"
+
+    @staticmethod
+    def _mean(out: DiscriminatorOutput) -> Tensor:
+        scales = out.logits if isinstance(out.logits, (list, tuple)) else [out.logits]
+        return sum(x.float().mean() for x in scales) / len(scales)
+
+    def d_loss(self, out, cond, target) -> Tensor:
+        return nn.functional.softplus(self._mean(out) * (-1 if target == "real" else 1))
+
+    def g_loss(self, out, cond) -> Tensor:
+        return nn.functional.softplus(-self._mean(out))
+
+
+def _probe_kind(requires: Iterable[Capability]) -> DOutputKind:
+    return DOutputKind.PIXEL_CLASSES if Capability.PIXEL_OUTPUT in set(requires) else DOutputKind.PATCH
+
+
+def _grads_reached(params: Iterable[Tensor]) -> tuple[int, int, bool]:
+    """(parameters with a gradient, trainable parameters, all gradients finite)."""
+    params = [p for p in params if p.requires_grad]
+    got = [p for p in params if p.grad is not None]
+    finite = all(bool(torch.isfinite(p.grad).all()) for p in got)
+    return len(got), len(params), finite
+
+
+# --------------------------------------------------------------------------------------------
+# checks per kind
+# --------------------------------------------------------------------------------------------
+class _Report:
+    def __init__(self, kind: str, name: str, plugin: str):
+        self.kind, self.name, self.plugin = kind, name, plugin
+        self.results: list[CheckResult] = []
+
+    def run(self, check: str, fn: Callable[[], str | None]) -> bool:
+        """Run one check; a ContractError (or any exception) is a failure whose message is kept."""
+        try:
+            detail = fn() or ""
+        except _Skip as skip:
+            self.results.append(CheckResult(self.kind, self.name, self.plugin, check, "skip", str(skip)))
+            return False
+        except Exception as exc:  # noqa: BLE001 - every failure of a third-party part is reported, not raised
+            msg = str(exc) if isinstance(exc, ContractError) else f"{type(exc).__name__}: {exc}"
+            self.results.append(CheckResult(self.kind, self.name, self.plugin, check, "FAIL", msg))
+            return False
+        self.results.append(CheckResult(self.kind, self.name, self.plugin, check, "ok", detail))
+        return True
+
+
+class _Skip(Exception):
+    pass
+
+
+def _tiny(entry) -> dict[str, Any]:
+    return dict(entry.extra.get("tiny") or {})
+
+
+def _settings(entry, base: ProbeSettings) -> ProbeSettings:
+    size = entry.extra.get("tiny_size")
+    return ProbeSettings(base.batch, tuple(size) if size else base.size, base.num_classes, base.seed)
+
+
+def _check_generator(entry, ref: PartRef, rep: _Report, s: ProbeSettings) -> None:
+    from gensynth.options import validate_part_options
+
+    state: dict[str, Any] = {}
+
+    def build():
+        opts = validate_part_options(entry, _tiny(entry), "generator", "tiny options")
+        g = entry.obj(num_classes=s.num_classes, **opts)
+        check_generator_module(g, ref, s.num_classes)
+        state["g"] = g
+        return f"{sum(p.numel() for p in g.parameters())} parameters ({', '.join(f'{k}={v}' for k, v in _tiny(entry).items()) or 'default options'})"
+
+    def forward():
+        g = state["g"].train()
+        real, cond = make_batch(s, edges=getattr(g, "uses_instance_edges", False),
+                                style=getattr(g, "uses_style_image", False))
+        out = g(cond)
+        check_generator_output(out, cond, ref)
+        state["out"] = out
+        return f"image {tuple(out.image.shape)}" + (f", aux {sorted(out.aux)}" if out.aux else "")
+
+    def backward():
+        out = state["out"]
+        loss = out.image.float().mean() + sum(v.float().mean() for v in out.aux.values() if isinstance(v, Tensor))
+        loss.backward()
+        got, total, finite = _grads_reached(state["g"].parameters())
+        if not finite:
+            raise ContractError(f"{ref}: expected finite gradients; got NaN or inf")
+        if total and not got:
+            raise ContractError(f"{ref}: expected gradients to reach its parameters from the image; got none of "
+                                f"{total} (is the output detached?)")
+        return f"gradients reach {got}/{total} parameter tensors"
+
+    rep.run("build", build) and rep.run("forward", forward) and rep.run("backward", backward)
+
+
+def _check_discriminator(entry, ref: PartRef, rep: _Report, s: ProbeSettings, host) -> None:
+    from gensynth.build import discriminator_class
+    from gensynth.contracts import part_ref
+    from gensynth.options import validate_part_options
+
+    state: dict[str, Any] = {}
+
+    def build():
+        opts = validate_part_options(entry, _tiny(entry), "discriminator", "tiny options")
+        d = entry.obj(num_classes=s.num_classes, **opts)
+        check_discriminator_module(d, ref, s.num_classes)
+        declared = discriminator_class(entry)
+        if declared is not None and declared.output_kind != d.output_kind:
+            raise ContractError(f"{ref}: expected the built module's output_kind to be the registered class's "
+                                f"({declared.output_kind.name}); got {d.output_kind.name}")
+        state["d"] = d
+        return f"{d.output_kind.name}, {sum(p.numel() for p in d.parameters())} parameters"
+
+    def forward():
+        d = state["d"].train()
+        real, cond = make_batch(s, edges=True)
+        outs = []
+        for n in (s.batch, s.batch + 1):  # two batch sizes: an output that ignores the batch is caught
+            image = torch.cat([real] * 2)[:n]
+            c = cond[torch.arange(n) % s.batch]
+            out = d(image, c)  # as the training method calls it
+            check_discriminator_output(out, image, ref, declared=d.output_kind, num_classes=s.num_classes,
+                                       provides_features=d.provides_features)
+            outs.append(out)
+        state["out"] = outs[0]
+        return describe(outs[0].logits) + (", features" if outs[0].features is not None else "")
+
+    def objective():
+        name = entry.extra.get("default_objective")
+        o_reg = host.registry("objectives")
+        kind = state["d"].output_kind
+        if name:
+            check_objective_accepts(o_reg.get(name), kind, part_ref(host, "objectives", name), ref)
+            return f"default_objective {name!r} accepts {kind.name}"
+        fitting = [n for n in o_reg.names() if kind in getattr(o_reg.get(n), "accepts", ())]
+        if not fitting:
+            raise _Skip(f"no registered objective accepts {kind.name}; declare default_objective= when registering")
+        return f"objectives that accept {kind.name}: {', '.join(fitting)}"
+
+    def backward():
+        out = state["out"]
+        scales = out.logits if isinstance(out.logits, (list, tuple)) else [out.logits]
+        loss = sum(x.float().mean() for x in scales)
+        for scale in out.features or []:
+            loss = loss + sum(f.float().mean() for f in scale)
+        loss.backward()
+        got, total, finite = _grads_reached(state["d"].parameters())
+        if not finite:
+            raise ContractError(f"{ref}: expected finite gradients; got NaN or inf")
+        if total and not got:
+            raise ContractError(f"{ref}: expected gradients to reach its parameters from the logits; got none of "
+                                f"{total}")
+        return f"gradients reach {got}/{total} parameter tensors"
+
+    if rep.run("build", build) and rep.run("forward", forward):
+        rep.run("objective", objective)
+        rep.run("backward", backward)
+
+
+def _check_objective(entry, ref: PartRef, rep: _Report, s: ProbeSettings) -> None:
+    from gensynth.options import validate_part_options
+
+    cls = entry.obj
+    accepts = getattr(cls, "accepts", None)
+
+    def declared():
+        if not isinstance(accepts, (set, frozenset)) or not accepts or not all(isinstance(k, DOutputKind)
+                                                                              for k in accepts):
+            raise ContractError(f"{ref}: expected the class attribute accepts to be a non-empty frozenset of "
+                                f"DOutputKind; got {accepts!r}")
+        return ", ".join(sorted(k.name for k in accepts))
+
+    if not rep.run("declares accepts", declared):
+        return
+    for kind in sorted(accepts, key=lambda k: k.name):
+        def run(kind=kind):
+            opts = validate_part_options(entry, _tiny(entry), "objective", "tiny options")
+            objective = cls(dontcare=0, **opts)
+            d = ProbeDiscriminator(kind, s.num_classes)
+            real, cond = make_batch(s)
+            for what, fn in (("d_loss(real)", lambda o: objective.d_loss(o, cond, "real")),
+                             ("d_loss(fake)", lambda o: objective.d_loss(o, cond, "fake")),
+                             ("g_loss", lambda o: objective.g_loss(o, cond))):
+                d.zero_grad()
+                value = fn(d(real, cond))
+                check_loss_value(value, ref, what=f"{what} on {kind.name} output")
+                value.backward()
+                got, total, finite = _grads_reached(d.parameters())
+                if not got or not finite:
+                    raise ContractError(f"{ref}: expected {what} to give finite gradients to the discriminator; got "
+                                        f"{'none' if not got else 'NaN or inf'}")
+            return "d_loss(real), d_loss(fake), g_loss: finite scalars with gradients"
+        rep.run(f"scores {kind.name}", run)
+
+
+def _check_loss(entry, ref: PartRef, rep: _Report, s: ProbeSettings) -> None:
+    from gensynth.method import AdversarialMethod
+    from gensynth.options import validate_part_options
+
+    cls = entry.obj
+    state: dict[str, Any] = {}
+
+    def build():
+        if getattr(cls, "side", None) not in ("D", "G"):
+            raise ContractError(f"{ref}: expected the class attribute side = 'D' or 'G'; got "
+                                f"{getattr(cls, 'side', None)!r}")
+        bad = [c for c in getattr(cls, "requires", ()) if not isinstance(c, Capability)]
+        if bad:
+            raise ContractError(f"{ref}: expected requires to hold gensynth.interfaces.Capability values; got {bad!r}")
+        opts = validate_part_options(entry, _tiny(entry), "loss", "tiny options")
+        term = cls(**opts)
+        term.name = entry.name
+        state["term"] = term
+        return f"side {cls.side}, weight {term.weight:g}, requires {sorted(c.name for c in cls.requires) or '-'}"
+
+    def step():
+        term = state["term"]
+        kind = _probe_kind(term.requires)
+        d = ProbeDiscriminator(kind, s.num_classes, provides_features=True)
+        g = ProbeGenerator(s.num_classes, with_aux=Capability.GENERATOR_AUX in term.requires)
+        method = AdversarialMethod(ProbeObjective(), [term], merge_d_calls=False)
+        checks = FirstStepContracts(PartRef("generator", "probe"), PartRef("discriminator", f"probe {kind.name}"),
+                                    PartRef("objective", "probe"), s.num_classes, kind, True, {term.name: ref})
+        real, cond = make_batch(s)
+        fn = method.d_losses if term.side == "D" else method.g_losses
+        params = list(d.parameters()) if term.side == "D" else list(g.parameters())
+        losses = fn(checks.generator(g), checks.discriminator(d), real, cond)
+        if term.name not in losses:
+            raise ContractError(f"{ref}: expected the training method to compute it; it did not")
+        value = losses[term.name]
+        check_loss_value(value, ref, what="the term's value")
+        if not value.requires_grad:
+            raise ContractError(f"{ref}: expected a value that depends on the {'discriminator' if term.side == 'D' else 'generator'} "
+                                f"(requires_grad); got a constant {float(value.detach()):.4g}")
+        value.backward()
+        got, total, finite = _grads_reached(params)
+        if not finite:
+            raise ContractError(f"{ref}: expected finite gradients; got NaN or inf")
+        return (f"{term.side} step with a {kind.name} discriminator: {float(value.detach()):.4g}, gradients reach "
+                f"{got}/{total} {'D' if term.side == 'D' else 'G'} parameter tensors")
+
+    rep.run("build", build) and rep.run("step", step)
+
+
+def check_dataset_spec(spec, ref: PartRef) -> str:
+    """The static contract of a DatasetSpec (classes, raw-id table, don't-care, size, splits, default options)."""
+    import numpy as np
+
+    from gensynth.config import check_key
+    from gensynth.interfaces import ClassInfo
+
+    classes = list(spec.classes)
+    if not classes:
+        raise ContractError(f"{ref}: expected a non-empty classes list; got none")
+    for i, c in enumerate(classes):
+        if not isinstance(c, ClassInfo) or c.id != i:
+            raise ContractError(f"{ref}: expected classes[{i}] to be ClassInfo(id={i}, name, color); got {c!r}")
+    table = np.asarray(spec.raw_to_class)
+    if table.ndim != 1 or not np.issubdtype(table.dtype, np.integer):
+        raise ContractError(f"{ref}: expected raw_to_class to be a 1-D integer numpy array; got {table.dtype} "
+                            f"of shape {table.shape}")
+    if table.size and (table.min() < -1 or table.max() >= len(classes)):
+        raise ContractError(f"{ref}: expected raw_to_class values in -1..{len(classes) - 1}; got "
+                            f"{int(table.min())}..{int(table.max())}")
+    if not (table >= 0).any():
+        raise ContractError(f"{ref}: expected raw_to_class to map at least one raw id to a class; got none")
+    if spec.dontcare is not None and not 0 <= spec.dontcare < len(classes):
+        raise ContractError(f"{ref}: expected dontcare None or a class index 0..{len(classes) - 1}; "
+                            f"got {spec.dontcare}")
+    size = tuple(spec.default_size)
+    if len(size) != 2 or min(size) < 8:
+        raise ContractError(f"{ref}: expected default_size (H, W) of at least 8x8; got {size}")
+    if not spec.splits or not all(isinstance(x, str) for x in spec.splits):
+        raise ContractError(f"{ref}: expected splits to be a tuple of split names; got {spec.splits!r}")
+    for key in spec.default_options():
+        try:
+            check_key(key)
+        except Exception as exc:
+            raise ContractError(f"{ref}: default_options() key {key!r} is not a configuration key: {exc}") from None
+    eval_ids = spec.eval_ids
+    if eval_ids is not None and len(eval_ids) != len(classes):
+        raise ContractError(f"{ref}: expected eval_ids to have one entry per class ({len(classes)}); "
+                            f"got {len(eval_ids)}")
+    return f"{len(classes)} classes, raw ids 0..{table.size - 1}, dontcare {spec.dontcare}, size {size}"
+
+
+def check_raw_samples(spec, root: str | None, split: str, ref: PartRef, limit: int = 2) -> str:
+    """The first ``limit`` samples ``iter_raw(root, split)`` yields: RawSample with a dot-free key, a decodable
+    jpg/png image, a 2-D integer label of the image's size whose raw ids are in ``raw_to_class``."""
+    import itertools
+
+    import numpy as np
+    from PIL import Image
+
+    kwargs = {"samples": limit, "size": (32, 32)} if getattr(spec, "procedural", False) else {}
+    table = np.asarray(spec.raw_to_class)
+    seen = 0
+    for sample in itertools.islice(spec.iter_raw(root, split, **kwargs), limit):
+        if not isinstance(sample, RawSample):
+            raise ContractError(f"{ref}: expected iter_raw to yield gensynth.interfaces.RawSample; got "
+                                f"{describe(sample)}")
+        where = f"sample {sample.key!r} ({sample.source or 'no source'})"
+        if not sample.key or "." in sample.key:
+            raise ContractError(f"{ref}: expected a non-empty dot-free key; got {sample.key!r}")
+        if sample.image_ext not in ("jpg", "png"):
+            raise ContractError(f"{ref}: {where}: expected image_ext 'jpg' or 'png'; got {sample.image_ext!r}")
+        try:
+            w, h = Image.open(io.BytesIO(sample.image_bytes)).size
+        except Exception as exc:
+            raise ContractError(f"{ref}: {where}: expected image_bytes to be the image file's bytes; they do not "
+                                f"decode ({exc})") from None
+        label = np.asarray(sample.label)
+        if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer) or label.shape != (h, w):
+            raise ContractError(f"{ref}: {where}: expected label as an (H, W) integer array of the image's size "
+                                f"({h}, {w}); got {label.dtype} of shape {label.shape}")
+        bad = np.unique(label[(label < 0) | (label >= table.size)]).tolist()
+        if not bad:
+            ids = np.unique(label)
+            bad = ids[table[ids] < 0].tolist()
+        if bad:
+            raise ContractError(f"{ref}: {where}: raw label ids {bad[:8]} are not in raw_to_class")
+        if sample.instance is not None and np.asarray(sample.instance).shape != (h, w):
+            raise ContractError(f"{ref}: {where}: expected instance of shape ({h}, {w}); got "
+                                f"{np.asarray(sample.instance).shape}")
+        seen += 1
+    if not seen:
+        raise ContractError(f"{ref}: expected iter_raw({root!r}, {split!r}) to yield samples; got none")
+    return f"{seen} samples of split {split!r}"
+
+
+def _check_dataset(entry, ref: PartRef, rep: _Report, data_root: str | None) -> None:
+    spec = entry.obj
+    root = data_root or (spec.example_root() if hasattr(spec, "example_root") else None)
+    if hasattr(spec, "for_root"):  # classes read from the data (folder)
+        if root is None:
+            rep.run("spec", lambda: _skip("its classes come from data.root: pass --data-root"))
+            return
+        spec = spec.for_root(root)
+    if not rep.run("spec", lambda: check_dataset_spec(spec, ref)):
+        return
+    if root is None and not getattr(spec, "procedural", False):
+        rep.run("samples", lambda: _skip("no data: pass --data-root, or ship a small copy and return it from "
+                                         "example_root()"))
+        return
+    rep.run("samples", lambda: check_raw_samples(spec, root, spec.splits[0], ref))
+
+
+def _skip(why: str):
+    raise _Skip(why)
+
+
+def _check_segmenter(entry, ref: PartRef, rep: _Report, s: ProbeSettings) -> None:
+    from gensynth.options import validate_part_options
+
+    state: dict[str, Any] = {}
+
+    def build():
+        tiny = entry.extra.get("tiny")
+        try:
+            opts = validate_part_options(entry, tiny or {}, "segmenter", "tiny options")
+            seg = entry.obj(num_classes=s.num_classes, checkpoint=None, device="cpu", **opts)
+        except Exception as exc:
+            if tiny is None:
+                raise _Skip(f"cannot be built without options ({type(exc).__name__}: {exc}); register tiny=") from None
+            raise
+        if not isinstance(seg, nn.Module):
+            raise ContractError(f"{ref}: expected the factory to return a gensynth.interfaces.Segmenter (an "
+                                f"nn.Module); got {describe(seg)}")
+        state["seg"] = seg.eval()
+        return type(seg).__name__
+
+    def forward():
+        real, _ = make_batch(s)
+        with torch.no_grad():
+            out = state["seg"](real)
+        b, h, w = real.shape[0], real.shape[2], real.shape[3]
+        space = getattr(state["seg"], "output_space", "model")
+        if not isinstance(out, Tensor) or out.dim() != 4 or out.shape[0] != b or tuple(out.shape[2:]) != (h, w) \
+                or (space == "model" and out.shape[1] != s.num_classes):
+            want = f"({b}, {s.num_classes if space == 'model' else 'C'}, {h}, {w})"
+            raise ContractError(f"{ref}: expected logits of shape {want} for images {tuple(real.shape)}; got "
+                                f"{describe(out)}")
+        return f"logits {tuple(out.shape)}"
+
+    rep.run("build", build) and rep.run("forward", forward)
+
+
+def _check_model(entry, ref: PartRef, rep: _Report, host) -> None:
+    def run():
+        from gensynth.build import check_compatibility, resolve_parts
+        from gensynth.config import resolve
+
+        datasets = host.registry("datasets").names()
+        if not datasets:
+            raise _Skip("no dataset registered to resolve the preset with")
+        data = "demo" if "demo" in datasets else datasets[0]
+        cfg, _ = resolve({"model.preset": entry.name, "data.name": data}, host=host)
+        parts = resolve_parts(cfg, host)
+        check_compatibility(parts, host)
+        return f"{parts.generator} + {parts.discriminator}, objective {parts.objective}, losses {parts.losses or '-'}"
+
+    rep.run("resolves", run)
+
+
+# --------------------------------------------------------------------------------------------
+# entry points
+# --------------------------------------------------------------------------------------------
+def plugin_host(*plugins: Any, load_entry_points: bool = True):
+    """A fresh :class:`gensynth.plugins.PluginHost` with ``plugins`` (modules or objects with hook implementations)
+    registered through pluggy under their module names. Installed plugins load too unless ``load_entry_points``
+    is False; a plugin already installed is not registered twice."""
+    from gensynth.plugins import PluginHost
+
+    host = PluginHost(load_entry_points=load_entry_points)
+    for p in plugins:
+        if not host.pm.is_registered(p):
+            host.register_plugin(p, name=getattr(p, "__name__", type(p).__name__))
+    return host
+
+
+def plugin_name(plugin: Any, host) -> str:
+    if isinstance(plugin, str):
+        return plugin
+    return host.pm.get_name(plugin)
+
+
+def check_part(kind: str, name: str, host=None, *, settings: ProbeSettings | None = None,
+               data_root: str | None = None) -> list[CheckResult]:
+    """Check one registered part; ``kind`` is a registry ("discriminators"). Returns every check's result."""
+    from gensynth.contracts import part_ref
+    from gensynth.plugins import get_host
+
+    host = host or get_host()
+    entry = host.registry(kind).entry(name)
+    ref = part_ref(host, kind, name)
+    rep = _Report(host.registry(kind).kind, name, entry.plugin)
+    s = _settings(entry, settings or ProbeSettings())
+    torch.manual_seed(s.seed)
+    if kind == "generators":
+        _check_generator(entry, ref, rep, s)
+    elif kind == "discriminators":
+        _check_discriminator(entry, ref, rep, s, host)
+    elif kind == "objectives":
+        _check_objective(entry, ref, rep, s)
+    elif kind == "losses":
+        _check_loss(entry, ref, rep, s)
+    elif kind == "datasets":
+        _check_dataset(entry, ref, rep, data_root)
+    elif kind == "segmenters":
+        _check_segmenter(entry, ref, rep, s)
+    elif kind == "models":
+        _check_model(entry, ref, rep, host)
+    else:
+        raise ValueError(f"unknown registry {kind!r}; one of {', '.join(CHECKED_KINDS)}")
+    return rep.results
+
+
+def check_plugin(plugin: Any = None, host=None, *, settings: ProbeSettings | None = None,
+                 data_root: str | None = None) -> list[CheckResult]:
+    """Check every part ``plugin`` registers (a plugin name, or a module/object with hook implementations, which is
+    registered into a fresh host); None checks every plugin's parts."""
+    if host is None:
+        if isinstance(plugin, (str, type(None))):
+            from gensynth.plugins import get_host
+
+            host = get_host()
+        else:
+            host = plugin_host(plugin)
+    name = None if plugin is None else plugin_name(plugin, host)
+    if name is not None and name not in dict(host.pm.list_name_plugin()):
+        from gensynth.errors import RegistryError, suggest
+
+        known = [n for n, _ in host.pm.list_name_plugin()]
+        raise RegistryError(f"no plugin named {name!r}.{suggest(name, known)} Loaded: {', '.join(sorted(known))}")
+    results: list[CheckResult] = []
+    for kind in CHECKED_KINDS:
+        reg = host.registry(kind)
+        names = reg.names() if name is None else reg.by_plugin(name)
+        for part in names:
+            results += check_part(kind, part, host, settings=settings, data_root=data_root)
+    return results
+
+
+def assert_plugin_ok(plugin: Any = None, host=None, **kwargs: Any) -> list[CheckResult]:
+    """:func:`check_plugin`, raising :class:`PluginCheckFailed` listing every failed check (skips are allowed)."""
+    results = check_plugin(plugin, host, **kwargs)
+    failed = [r for r in results if r.failed]
+    if failed:
+        raise PluginCheckFailed("\n".join(f"{r.kind} {r.name!r} ({r.plugin}) {r.check}: {r.detail}" for r in failed))
+    if not results:
+        raise PluginCheckFailed(f"plugin {plugin!r} registered no parts to check")
+    return results
