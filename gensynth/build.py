@@ -232,3 +232,38 @@ def build_method(parts: Parts, host: PluginHost | None = None) -> TrainingMethod
 
 def count_parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def canonical_options(cfg: RunConfig, host: PluginHost | None = None) -> RunConfig:
+    """``cfg`` with each ``model.<part>_options`` reduced to the options that apply to the part in use (its
+    namespace over the flat keys): two configurations that give every part the same options compare equal however
+    they were written (resumption compares configurations). Unknown presets leave ``cfg`` as it is."""
+    host = host or get_host()
+    m = cfg.model
+    try:
+        preset = host.registry("models").get(m.preset)
+    except Exception:
+        return cfg
+    update = {}
+    for part, reg in (("generator", "generators"), ("discriminator", "discriminators"), ("objective", "objectives")):
+        name = getattr(m, part) or getattr(preset, part).name
+        update[f"{part}_options"] = part_options(getattr(m, f"{part}_options"), name, host.registry(reg))
+    return cfg.model_copy(update={"model": m.model_copy(update=update)})
+
+
+def parts_summary(parts: Parts) -> dict[str, Any]:
+    """The resolved parts as saved in a run's config.json (``parts``): names, validated options, the objective and
+    loss terms actually used, and the notes of resolving them."""
+    return {"generator": parts.generator, "generator_options": parts.generator_options,
+            "discriminator": parts.discriminator, "discriminator_options": parts.discriminator_options,
+            "objective": parts.objective, "objective_options": parts.objective_options,
+            "losses": dict(parts.losses), "loss_options": {k: parts.loss_options.get(k, {}) for k in parts.losses},
+            "notes": list(parts.notes)}
+
+
+def run_notes(parts: Parts, provenance: dict[str, str], host: PluginHost | None = None) -> list[str]:
+    """What resolving a run changed (objective switched, preset terms dropped) and deprecated keys it used: the
+    notes ``train`` and ``compare`` print before training."""
+    from gensynth.options import deprecation_notes
+
+    return [*parts.notes, *deprecation_notes(provenance, host or get_host())]

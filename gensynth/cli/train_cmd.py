@@ -101,6 +101,14 @@ def command(**opts):
         return
     cfg, provenance = resolve(cli, opts.get("config_path"))
     console = Console(stderr=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from gensynth.build import resolve_parts, run_notes
+
+        parts = resolve_parts(cfg)  # fails here, before any set-up, when the parts cannot work together
+        console.print(f"[bold]{cfg.model.preset}[/]: generator {parts.generator}, discriminator {parts.discriminator}, "
+                      f"objective {parts.objective}, losses {parts.losses or '-'}", highlight=False)
+        for note in run_notes(parts, provenance):
+            console.print(f"   note: {note}", highlight=False)
     result = run_training(cfg, provenance, console=console, resume=True if opts.get("resume") else None)
     if int(os.environ.get("RANK", "0")) == 0:
         how = f"stopped by {result.stopped_by}" if result.stopped_by else "done"

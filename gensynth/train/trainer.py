@@ -18,7 +18,8 @@ from typing import Iterator
 import torch
 from rich.console import Console
 
-from gensynth.build import Parts, build_discriminator, build_generator, build_method, resolve_parts
+from gensynth.build import (Parts, build_discriminator, build_generator, build_method, canonical_options,
+                            parts_summary, resolve_parts)
 from gensynth.checkpoint import (BEST, LATEST, Checkpoint, checkpoint_root, list_checkpoints, load_checkpoint,
                                  prune_checkpoints, read_pointer, save_checkpoint, step_dir_name, write_pointer,
                                  write_text_atomic)
@@ -174,7 +175,8 @@ class Trainer:
             from gensynth.plugins import get_host
 
             write_text_atomic(self.run_dir / "config.json",
-                              json.dumps(dump_resolved(cfg, self.provenance, get_host().versions()), indent=1))
+                              json.dumps(dump_resolved(cfg, self.provenance, get_host().versions(),
+                                                         parts_summary(self.parts)), indent=1, default=str))
             self.log = MetricsLog(self.run_dir)
         else:
             self.log = None
@@ -217,8 +219,8 @@ class Trainer:
         return ckpt
 
     def _check_resume_config(self, ckpt: Checkpoint) -> None:
-        old = flatten(ckpt.config().model_dump(mode="json"))
-        new = flatten(self.cfg.model_dump(mode="json"))
+        old = flatten(canonical_options(ckpt.config()).model_dump(mode="json"))  # flat or per-part option keys
+        new = flatten(canonical_options(self.cfg).model_dump(mode="json"))
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
                          and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in _RESUME_FREE))
         if changed:
