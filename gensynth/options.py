@@ -135,5 +135,7 @@ def validate_part_options(entry, options: Mapping[str, Any], kind: str, where: s
         for k in unknown:
             lines.append(f"  {where}.{k} = {options[k]!r}: unknown option.{suggest(k, known)} "
                          f"Options: {', '.join(known) or 'none (it takes no options)'}")
+        if not known:
+            lines.append(f"  (a {kind} that reads options declares them: register(..., options=PydanticModel))")
         raise ConfigError("\n".join(lines))
     return dict(options)
