@@ -343,3 +343,34 @@ def test_loss_value_contract():
         check_loss_value(torch.tensor(float("nan")), "loss 'x'")
     with pytest.raises(ContractError, match=r"expected the loss to be a scalar tensor; got a float"):
         check_loss_value(1.0, "loss 'x'")
+
+
+# --------------------------------------------------------------------------------------------
+# train prints its notes; config.json records the resolved parts
+# --------------------------------------------------------------------------------------------
+def test_train_prints_notes_and_records_the_resolved_parts(tmp_path, tiny_cache):
+    import json
+
+    from gensynth.cli.main import cli
+
+    run = tmp_path / "run"
+    sets = {k: v for k, v in tiny_overrides(run, tiny_cache).items()
+            if not k.startswith(("model.preset", "data.name", "trainer.steps", "trainer.run_dir",
+                                 "model.discriminator_options"))}
+    sets["model.discriminator_options.patchgan.ndf"] = 4
+    args = [x for k, v in sets.items() for x in ("--set", f"{k}={json.dumps(v)}")]
+    res = CliRunner().invoke(cli, ["train", "--model", "oasis", "--data", "demo", "--discriminator", "patchgan",
+                                   "--steps", "1", "--run-dir", str(run), *args], terminal_width=300)
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "note: objective 'hinge' follows discriminator 'patchgan'" in out
+    assert "note: preset loss 'labelmix' dropped: discriminator 'patchgan' does not provide per-pixel" in out
+    assert ("note: model.generator_options.channels (from cli) is a flat option key, deprecated: it applies to "
+            "whichever generator is chosen; write model.generator_options.<generator name>.channels instead") in out
+    assert "patchgan.ndf" not in out.split("note:")[-1]  # namespaced keys get no note
+    doc = json.loads((run / "config.json").read_text())
+    assert doc["config"]["model"]["objective"] is None  # what the user set ...
+    parts = doc["parts"]  # ... and what was resolved from it
+    assert parts["objective"] == "hinge" and parts["losses"] == {} and parts["discriminator"] == "patchgan"
+    assert parts["discriminator_options"]["ndf"] == 4
+    assert any("objective 'hinge' follows" in n for n in parts["notes"])
