@@ -15,7 +15,6 @@ or one part: ``check_part("discriminators", "mine", host=plugin_host(my_plugin))
 from __future__ import annotations
 
 import io
-import types
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -208,7 +207,8 @@ def _check_generator(entry, ref: PartRef, rep: _Report, s: ProbeSettings) -> Non
         g = entry.obj(num_classes=s.num_classes, **opts)
         check_generator_module(g, ref, s.num_classes)
         state["g"] = g
-        return f"{sum(p.numel() for p in g.parameters())} parameters ({', '.join(f'{k}={v}' for k, v in _tiny(entry).items()) or 'default options'})"
+        given = ", ".join(f"{k}={v}" for k, v in _tiny(entry).items()) or "default options"
+        return f"{sum(p.numel() for p in g.parameters())} parameters ({given})"
 
     def forward():
         g = state["g"].train()
@@ -371,8 +371,9 @@ def _check_loss(entry, ref: PartRef, rep: _Report, s: ProbeSettings) -> None:
         value = losses[term.name]
         check_loss_value(value, ref, what="the term's value")
         if not value.requires_grad:
-            raise ContractError(f"{ref}: expected a value that depends on the {'discriminator' if term.side == 'D' else 'generator'} "
-                                f"(requires_grad); got a constant {float(value.detach()):.4g}")
+            trained = "discriminator" if term.side == "D" else "generator"
+            raise ContractError(f"{ref}: expected a value that depends on the {trained} (requires_grad); got a "
+                                f"constant {float(value.detach()):.4g}")
         value.backward()
         got, total, finite = _grads_reached(params)
         if not finite:

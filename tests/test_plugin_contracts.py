@@ -178,7 +178,8 @@ def test_plugins_check_unknown_plugin(buggy):
     from gensynth.cli.main import cli
 
     result = CliRunner().invoke(cli, ["plugins", "check", "bugy"])
-    assert result.exit_code != 0 and "no plugin named 'bugy'" in result.output and "Did you mean 'buggy'" in result.output
+    assert result.exit_code != 0 and "no plugin named 'bugy'" in result.output
+    assert "Did you mean 'buggy'" in result.output
 
 
 def test_loss_check_names_the_term(buggy):
@@ -235,7 +236,8 @@ def test_loss_options_are_validated():
     with pytest.raises(ConfigError) as exc:
         resolve_parts(cfg)
     assert "loss 'labelmix' (plugin 'oasis')" in str(exc.value)
-    assert "model.loss_options.labelmix.strength = 2: unknown option. Options: none (it takes no options)" in str(exc.value)
+    assert ("model.loss_options.labelmix.strength = 2: unknown option. Options: none (it takes no options)"
+            in str(exc.value))
     bad_vgg, _ = resolve({"model.preset": "spade", "model.loss_options.vgg.random_int": True,
                           "model.losses.vgg": 10})
     with pytest.raises(ConfigError, match="random_int = True: unknown option. Did you mean 'random_init'"):
