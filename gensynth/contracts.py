@@ -206,11 +206,13 @@ def check_objective_accepts(objective: Any, kind: DOutputKind, part: PartRef | s
 
 
 def check_loss_value(value: Any, part: PartRef | str, *, what: str = "the loss", values: bool = True) -> None:
-    """A loss: a floating scalar tensor (shape () or one element); with ``values``, finite (a device sync)."""
+    """A loss: a floating scalar tensor of shape () (a (1,) tensor is refused too: the trainer's running sums are
+    scalars); with ``values``, finite (a device synchronisation)."""
     if not isinstance(value, Tensor):
         raise _fail(part, f"{what} to be a scalar tensor", describe(value))
-    if value.numel() != 1 or value.dim() > 1:
-        raise _fail(part, f"{what} to be a scalar tensor (reduce it: .mean() or .sum())", describe(value))
+    if value.dim() != 0:
+        how = ".reshape(())" if value.numel() == 1 else ".mean() or .sum()"
+        raise _fail(part, f"{what} to be a scalar tensor of shape () (reduce it: {how})", describe(value))
     if not value.dtype.is_floating_point:
         raise _fail(part, f"{what} to be a floating-point scalar", describe(value))
     if values and not bool(torch.isfinite(value.detach()).all()):
