@@ -378,3 +378,29 @@ def test_train_prints_notes_and_records_the_resolved_parts(tmp_path, tiny_cache)
     assert parts["objective"] == "hinge" and parts["losses"] == {} and parts["discriminator"] == "patchgan"
     assert parts["discriminator_options"]["ndf"] == 4
     assert any("objective 'hinge' follows" in n for n in parts["notes"])
+
+
+def test_compare_runs_each_discriminator_with_its_own_options(tmp_path, tiny_cache):
+    import json
+
+    from gensynth.cli.main import cli
+
+    sets = {k: v for k, v in tiny_overrides(tmp_path / "unused", tiny_cache).items()
+            if not k.startswith(("model.preset", "data.name", "trainer.steps", "trainer.run_dir",
+                                 "model.discriminator_options"))}
+    sets["model.discriminator_options.oasis-unet"] = {"num_res_blocks": 2, "width": 0.0625}
+    sets["model.discriminator_options.patchgan"] = {"ndf": 4, "num_D": 1}
+    args = [x for k, v in sets.items() for x in ("--set", f"{k}={json.dumps(v)}")]
+    out = tmp_path / "cmp"
+    res = CliRunner().invoke(cli, ["compare", "--model", "oasis", "--discriminators", "oasis-unet,patchgan",
+                                   "--data", "demo", "--steps", "2", "--out", str(out), *args], terminal_width=300)
+    assert res.exit_code == 0, res.output
+    assert "note: objective 'hinge' follows discriminator 'patchgan'" in " ".join(res.output.split())
+    parts = {name: json.loads((out / name / "config.json").read_text())["parts"] for name in ("oasis-unet", "patchgan")}
+    assert parts["oasis-unet"]["discriminator_options"]["width"] == 0.0625
+    patch = parts["patchgan"]["discriminator_options"]
+    assert patch["ndf"] == 4 and patch["num_D"] == 1
+    assert "ndf" not in parts["oasis-unet"]["discriminator_options"]
+    rows = json.loads((out / "compare.json").read_text())
+    assert [(r["discriminator"], r["objective"], r["steps"]) for r in rows] == [("oasis-unet", "n+1", 2),
+                                                                                 ("patchgan", "hinge", 2)]
