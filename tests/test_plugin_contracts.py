@@ -345,7 +345,8 @@ def test_loss_value_contract():
         check_loss_value(torch.tensor(float("nan")), "loss 'x'")
     with pytest.raises(ContractError, match=r"expected the loss to be a scalar tensor; got a float"):
         check_loss_value(1.0, "loss 'x'")
-    with pytest.raises(ContractError, match=r"of shape \(\) \(reduce it: .reshape\(\(\)\)\); got a tensor of shape \(1,\)"):
+    with pytest.raises(ContractError, match=r"of shape \(\) \(reduce it: .reshape\(\(\)\)\); got a tensor of "
+                                            r"shape \(1,\)"):
         check_loss_value(torch.ones(1), "loss 'x'")
 
 
