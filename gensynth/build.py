@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gensynth.config import RunConfig
+from gensynth.contracts import (ContractError, check_discriminator_module, check_generator_module,
+                                check_objective_accepts, part_ref)
 from gensynth.errors import ConfigError, IncompatibleError
 from gensynth.interfaces import (Capability, DatasetSpec, Discriminator, Generator, LossTerm, ModelPreset,
                                  Objective, TrainingMethod, discriminator_capabilities)
-from gensynth.contracts import (ContractError, check_discriminator_module, check_generator_module,
-                                check_objective_accepts, part_ref)
 from gensynth.options import select_part_options, validate_part_options
 from gensynth.plugins import PluginHost, get_host
 
@@ -52,11 +52,6 @@ class Parts:
         return self.num_classes - 1 if self.dontcare_last else self.dataset.dontcare
 
 
-def _validate_options(entry, options: dict[str, Any], where: str, kind: str = "part") -> dict[str, Any]:
-    """Kept for callers of the former helper: :func:`gensynth.options.validate_part_options`."""
-    return validate_part_options(entry, options, kind, where)
-
-
 def part_options(options: dict[str, Any], name: str, registry) -> dict[str, Any]:
     """The options of part ``name`` from a ``*_options`` mapping (its namespace over the flat keys)."""
     return select_part_options(options, name, registry.names())
@@ -85,7 +80,7 @@ def resolve_parts(cfg: RunConfig, host: PluginHost | None = None) -> Parts:
     d_name = m.discriminator or preset.discriminator.name
     d_entry = host.registry("discriminators").entry(d_name)
     g_entry = host.registry("generators").entry(g_name)
-    d_cls = _discriminator_class(d_entry)
+    d_cls = discriminator_class(d_entry)
     o_name = m.objective or preset.objective.name
     if m.objective is None and d_cls is not None and d_name != preset.discriminator.name:
         o_cls = host.registry("objectives").get(o_name)
@@ -138,14 +133,11 @@ def discriminator_class(entry) -> type[Discriminator] | None:
     return cls if isinstance(cls, type) and issubclass(cls, Discriminator) else None
 
 
-_discriminator_class = discriminator_class
-
-
 def check_compatibility(parts: Parts, host: PluginHost | None = None) -> None:
     """Reject combinations that cannot train, saying why and what would work."""
     host = host or get_host()
     d_reg, o_reg, l_reg = host.registry("discriminators"), host.registry("objectives"), host.registry("losses")
-    d_cls = _discriminator_class(d_reg.entry(parts.discriminator))
+    d_cls = discriminator_class(d_reg.entry(parts.discriminator))
     if d_cls is None:
         return  # a factory that does not declare its class: checked when built
     o_cls = o_reg.get(parts.objective)
@@ -161,7 +153,7 @@ def check_compatibility(parts: Parts, host: PluginHost | None = None) -> None:
         missing = _missing_capabilities(term_cls, d_cls)
         if missing:
             fitting = [n for n in d_reg.names()
-                       if (c := _discriminator_class(d_reg.entry(n))) and set(missing) <= discriminator_capabilities(c)]
+                       if (c := discriminator_class(d_reg.entry(n))) and set(missing) <= discriminator_capabilities(c)]
             raise IncompatibleError(
                 f"loss {name!r} needs {', '.join(c.value for c in missing)}, which discriminator "
                 f"{parts.discriminator!r} ({kind.value}) does not provide. Either drop it "

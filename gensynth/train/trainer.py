@@ -331,15 +331,15 @@ class Trainer:
     def _accumulate(self, losses_fn, wrapped, scaler, micros: list) -> None:
         """Backward of ``losses_fn`` summed over the micro-batches (DDP gradients synchronised on the last one)."""
         prec, dev, n = self.cfg.trainer.precision, self.device, len(micros)
-        checks = self._contracts  # the parts' contracts, on the first step of this process (host syncs)
-        G, D = (checks.generator(self.G_train), checks.discriminator(self.D_train)) if checks else (self.G_train,
-                                                                                                   self.D_train)
+        G, D, checks = self.G_train, self.D_train, self._contracts
+        if checks is not None:  # the parts' contracts, on the first step of this process only (host syncs)
+            G, D = checks.generator(G), checks.discriminator(D)
         for i, (real, cond) in enumerate(micros):
             last = not self.dist.enabled or i == n - 1
             with contextlib.nullcontext() if last else wrapped.no_sync():
                 with autocast(prec, dev):
                     losses = losses_fn(G, D, real, cond, self.step)
-                if checks:
+                if checks is not None:
                     checks.losses(losses)
                 self._record(losses)
                 scaler.scale((sum(losses.values()) / n).float()).backward()
