@@ -253,9 +253,10 @@ def parts_summary(parts: Parts) -> dict[str, Any]:
             "notes": list(parts.notes)}
 
 
-def run_notes(parts: Parts, provenance: dict[str, str], host: PluginHost | None = None) -> list[str]:
+def run_notes(parts: Parts, provenance: dict[str, str], host: PluginHost | None = None,
+              exclude: tuple[str, ...] = ()) -> list[str]:
     """What resolving a run changed (objective switched, preset terms dropped) and deprecated keys it used: the
-    notes ``train`` and ``compare`` print before training."""
+    notes ``train`` and ``compare`` print before training (``exclude``: keys the command's own flags set)."""
     from gensynth.options import deprecation_notes
 
-    return [*parts.notes, *deprecation_notes(provenance, host or get_host())]
+    return [*parts.notes, *deprecation_notes(provenance, host or get_host(), exclude)]

@@ -53,13 +53,15 @@ def flat_option_keys(options: Mapping[str, Any], part_names: Iterable[str]) -> l
     return sorted(k for k, v in options.items() if not (k in names and isinstance(v, Mapping)))
 
 
-def deprecation_notes(provenance: Mapping[str, str], host) -> list[str]:
-    """Notes for flat option keys the user set (YAML or command line), naming the namespaced key to write."""
-    notes = []
+def deprecation_notes(provenance: Mapping[str, str], host, exclude: Iterable[str] = ()) -> list[str]:
+    """Notes for flat option keys the user set (YAML or command line), naming the namespaced key to write.
+    ``exclude``: keys not to note (those a command's own flags produce, e.g. ``--no-3d-noise``)."""
+    notes, skip = [], set(exclude)
     for kind, key in OPTION_KEYS.items():
         names = set(host.registry(kind + "s").names())
         for dotted, source in sorted(provenance.items()):
-            if not dotted.startswith(key + ".") or not (source == "cli" or source.startswith("yaml")):
+            if not dotted.startswith(key + ".") or not (source == "cli" or source.startswith("yaml")) \
+                    or dotted in skip:
                 continue
             first = dotted[len(key) + 1:].split(".", 1)[0]
             if first not in names:

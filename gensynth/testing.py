@@ -577,7 +577,15 @@ def check_part(kind: str, name: str, host=None, *, settings: ProbeSettings | Non
     ref = part_ref(host, kind, name)
     rep = _Report(host.registry(kind).kind, name, entry.plugin)
     s = _settings(entry, settings or ProbeSettings())
-    torch.manual_seed(s.seed)
+    if kind not in CHECKED_KINDS:
+        raise ValueError(f"unknown registry {kind!r}; one of {', '.join(CHECKED_KINDS)}")
+    with torch.random.fork_rng(devices=[]):  # the caller's random streams stay as they were
+        torch.manual_seed(s.seed)
+        _check(kind, entry, ref, rep, s, host, data_root)
+    return rep.results
+
+
+def _check(kind: str, entry, ref: PartRef, rep: _Report, s: ProbeSettings, host, data_root: str | None) -> None:
     if kind == "generators":
         _check_generator(entry, ref, rep, s)
     elif kind == "discriminators":
@@ -592,9 +600,6 @@ def check_part(kind: str, name: str, host=None, *, settings: ProbeSettings | Non
         _check_segmenter(entry, ref, rep, s)
     elif kind == "models":
         _check_model(entry, ref, rep, host)
-    else:
-        raise ValueError(f"unknown registry {kind!r}; one of {', '.join(CHECKED_KINDS)}")
-    return rep.results
 
 
 def check_plugin(plugin: Any = None, host=None, *, settings: ProbeSettings | None = None,

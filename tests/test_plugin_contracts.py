@@ -365,9 +365,11 @@ def test_train_prints_notes_and_records_the_resolved_parts(tmp_path, tiny_cache)
     sets["model.discriminator_options.patchgan.ndf"] = 4
     args = [x for k, v in sets.items() for x in ("--set", f"{k}={json.dumps(v)}")]
     res = CliRunner().invoke(cli, ["train", "--model", "oasis", "--data", "demo", "--discriminator", "patchgan",
-                                   "--steps", "1", "--run-dir", str(run), *args], terminal_width=300)
+                                   "--steps", "1", "--run-dir", str(run), "--no-3d-noise", *args],
+                             terminal_width=300)
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())
+    assert "use_3d_noise" not in out  # a flag's own key gets no deprecation note
     assert "note: objective 'hinge' follows discriminator 'patchgan'" in out
     assert "note: preset loss 'labelmix' dropped: discriminator 'patchgan' does not provide per-pixel" in out
     assert ("note: model.generator_options.channels (from cli) is a flat option key, deprecated: it applies to "

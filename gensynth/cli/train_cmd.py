@@ -12,6 +12,10 @@ import click
 from rich.console import Console
 
 
+#: option keys the ablation flags set (flat: they apply to the chosen generator / objective; no deprecation note)
+FLAG_OPTION_KEYS = ("model.generator_options.use_3d_noise", "model.objective_options.balancing")
+
+
 def _flags_to_config(opts: dict) -> dict:
     """Map the command's flags onto dotted config keys (contract 5)."""
     from gensynth.config import parse_set
@@ -107,7 +111,7 @@ def command(**opts):
         parts = resolve_parts(cfg)  # fails here, before any set-up, when the parts cannot work together
         console.print(f"[bold]{cfg.model.preset}[/]: generator {parts.generator}, discriminator {parts.discriminator}, "
                       f"objective {parts.objective}, losses {parts.losses or '-'}", highlight=False)
-        for note in run_notes(parts, provenance):
+        for note in run_notes(parts, provenance, exclude=FLAG_OPTION_KEYS):
             console.print(f"   note: {note}", highlight=False)
     result = run_training(cfg, provenance, console=console, resume=True if opts.get("resume") else None)
     if int(os.environ.get("RANK", "0")) == 0:
