@@ -407,3 +407,52 @@ def test_compare_runs_each_discriminator_with_its_own_options(tmp_path, tiny_cac
     rows = json.loads((out / "compare.json").read_text())
     assert [(r["discriminator"], r["objective"], r["steps"]) for r in rows] == [("oasis-unet", "n+1", 2),
                                                                                  ("patchgan", "hinge", 2)]
+
+
+# --------------------------------------------------------------------------------------------
+# the trainer: checks on the first step only; resuming across the option namespaces
+# --------------------------------------------------------------------------------------------
+def test_contracts_are_checked_on_the_first_step_only(tmp_path, tiny_cache, monkeypatch):
+    from gensynth import contracts
+
+    calls = {"G": 0, "D": 0, "loss": 0}
+    for fn, key in (("check_generator_output", "G"), ("check_discriminator_output", "D"),
+                    ("check_loss_value", "loss")):
+        original = getattr(contracts, fn)
+
+        def counting(*args, _original=original, _key=key, **kwargs):
+            calls[_key] += 1
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(contracts, fn, counting)
+    result = _first_step(tmp_path, tiny_cache, **{"trainer.steps": 3})
+    assert result.step == 3
+    # step 1 only: G in the G step and the D step; D on the fake (G step) and once merged (D step);
+    # G_adv + D_fake + D_real + labelmix
+    assert calls == {"G": 2, "D": 2, "loss": 4}
+
+
+def test_resume_with_options_rewritten_per_part(tiny_run, tiny_cache, tmp_path):
+    """A run trained with flat option keys continues when its options are written per part."""
+    import shutil
+
+    from gensynth.config import resolve
+    from gensynth.errors import ConfigError
+    from gensynth.train.trainer import run_training
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)
+    cli = tiny_overrides(run, tiny_cache, **{"trainer.steps": 7})
+    for part, name in (("generator", "oasis"), ("discriminator", "oasis-unet")):
+        key = f"model.{part}_options."
+        cli = {k.replace(key, f"{key}{name}.") if k.startswith(key) else k: v for k, v in cli.items()}
+    cfg, prov = resolve(cli)
+    # written per part (over the demo preset's flat defaults), unlike the checkpoint's configuration
+    assert cfg.model.discriminator_options["oasis-unet"] == {"num_res_blocks": 2, "width": 0.0625}
+    from gensynth.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run).config().model.discriminator_options == {"num_res_blocks": 2, "width": 0.0625}
+    with open(os.devnull, "w") as devnull:
+        assert run_training(cfg, prov, console=Console(file=devnull), resume=True).step == 7
+    changed, _ = resolve({**cli, "model.discriminator_options.oasis-unet.width": 0.125, "trainer.steps": 8})
+    with pytest.raises(ConfigError, match=r"model.discriminator_options.width: 0.0625 -> 0.125"):
+        run_training(changed, prov, console=Console(file=open(os.devnull, "w")), resume=True)
