@@ -456,3 +456,20 @@ def test_resume_with_options_rewritten_per_part(tiny_run, tiny_cache, tmp_path):
     changed, _ = resolve({**cli, "model.discriminator_options.oasis-unet.width": 0.125, "trainer.steps": 8})
     with pytest.raises(ConfigError, match=r"model.discriminator_options.width: 0.0625 -> 0.125"):
         run_training(changed, prov, console=Console(file=open(os.devnull, "w")), resume=True)
+
+
+def test_one_yaml_carries_options_for_several_parts(tmp_path):
+    from gensynth.build import resolve_parts
+    from gensynth.config import resolve
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n"
+                    "  discriminator_options:\n"
+                    "    oasis-unet: {width: 0.25, num_res_blocks: 4}\n"
+                    "    patchgan: {ndf: 8}\n"
+                    "  objective_options:\n"
+                    "    n+1: {balancing: false}\n")
+    unet = resolve_parts(resolve({}, str(path))[0])
+    assert unet.discriminator_options["width"] == 0.25 and unet.objective_options["balancing"] is False
+    patch = resolve_parts(resolve({"model.discriminator": "patchgan"}, str(path))[0])
+    assert patch.discriminator_options["ndf"] == 8 and patch.objective == "hinge" and patch.objective_options == {}
