@@ -263,7 +263,7 @@ def _check_discriminator(entry, ref: PartRef, rep: _Report, s: ProbeSettings, ho
             check_discriminator_output(out, image, ref, declared=d.output_kind, num_classes=s.num_classes,
                                        provides_features=d.provides_features)
             outs.append(out)
-        state["out"] = outs[0]
+        state["out"], state["cond"] = outs[0], cond
         return describe(outs[0].logits) + (", features" if outs[0].features is not None else "")
 
     def objective():
@@ -271,8 +271,14 @@ def _check_discriminator(entry, ref: PartRef, rep: _Report, s: ProbeSettings, ho
         o_reg = host.registry("objectives")
         kind = state["d"].output_kind
         if name:
-            check_objective_accepts(o_reg.get(name), kind, part_ref(host, "objectives", name), ref)
-            return f"default_objective {name!r} accepts {kind.name}"
+            o_ref = part_ref(host, "objectives", name)
+            check_objective_accepts(o_reg.get(name), kind, o_ref, ref)
+            objective = o_reg.get(name)(dontcare=0)
+            out, cond = state["out"], state["cond"]
+            for what, value in (("d_loss(real)", objective.d_loss(out, cond, "real")),
+                                ("g_loss", objective.g_loss(out, cond))):
+                check_loss_value(value, o_ref, what=f"{what} on the output of {ref}")
+            return f"default_objective {name!r} accepts {kind.name} and scores it"
         fitting = [n for n in o_reg.names() if kind in getattr(o_reg.get(n), "accepts", ())]
         if not fitting:
             raise _Skip(f"no registered objective accepts {kind.name}; declare default_objective= when registering")

@@ -33,7 +33,8 @@ def test_every_part_of_the_example_keeps_its_contracts(example):
                                              ("dataset", "example-shapes"), ("segmenter", "example-colour")}
     assert all(r.status == "ok" for r in results), results
     assert seen["dataset", "example-shapes", "samples"].detail == "2 samples of split 'train'"
-    assert seen["discriminator", "tiny-fcn", "objective"].detail == "default_objective 'n+1' accepts PIXEL_CLASSES"
+    assert seen["discriminator", "tiny-fcn", "objective"].detail == ("default_objective 'n+1' accepts PIXEL_CLASSES and "
+                                                                        "scores it")
     assert seen["segmenter", "example-colour", "forward"].detail == "logits (2, 4, 64, 64)"  # 4 probe classes
     assert "G step with a PATCH discriminator" in seen["loss", "logit-matching", "step"].detail
 
