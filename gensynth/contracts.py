@@ -91,8 +91,10 @@ def check_generator_output(out: Any, cond: Condition, part: PartRef | str, *, va
                           f"{tuple(cond.labels.shape)}", describe(img))
     if not img.dtype.is_floating_point:
         raise _fail(part, "a floating-point image in [-1, 1]", describe(img))
-    if not isinstance(out.aux, Mapping):
-        raise _fail(part, "GeneratorOutput.aux to be a dict of tensors", describe(out.aux))
+    if not isinstance(out.aux, Mapping) or not all(isinstance(v, Tensor) for v in out.aux.values()):
+        raise _fail(part, "GeneratorOutput.aux to be a dict of tensors (e.g. mu, logvar (B, z_dim))",
+                    describe(out.aux) if not isinstance(out.aux, Mapping)
+                    else f"aux {{{', '.join(f'{k!r}: {describe(v)}' for k, v in out.aux.items())}}}")
     if values:
         lo, hi, finite = _range(img)
         if not finite:

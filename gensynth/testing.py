@@ -263,6 +263,15 @@ def _check_discriminator(entry, ref: PartRef, rep: _Report, s: ProbeSettings, ho
             check_discriminator_output(out, image, ref, declared=d.output_kind, num_classes=s.num_classes,
                                        provides_features=d.provides_features)
             outs.append(out)
+        if not d.takes_labels:  # the method may call it without the Condition (merged D-step calls)
+            try:
+                out = d(real, None)
+            except Exception as exc:
+                raise ContractError(f"{ref}: expected forward(image, None) to work: it declares takes_labels=False, "
+                                    f"so the method may call it without the Condition; got {type(exc).__name__}: "
+                                    f"{exc}") from None
+            check_discriminator_output(out, real, ref, declared=d.output_kind, num_classes=s.num_classes,
+                                       provides_features=d.provides_features)
         state["out"], state["cond"] = outs[0], cond
         return describe(outs[0].logits) + (", features" if outs[0].features is not None else "")
 

@@ -64,6 +64,13 @@ class HalfBatchD(_TinyD):
         return DiscriminatorOutput(self.output_kind, self.conv(image)[: max(1, image.shape[0] // 2)])
 
 
+class NeedsLabelsD(_TinyD):
+    """declares takes_labels=False (the default) but reads the Condition"""
+
+    def forward(self, image, cond=None):
+        return DiscriminatorOutput(self.output_kind, self.conv(image) + cond.labels[:, :1])
+
+
 class StrictlessOptions(BaseModel):  # no model_config: gensynth forbids unknown keys anyway
     width: int = 4
 
@@ -85,6 +92,7 @@ def _module() -> types.ModuleType:
                           ("half-batch", HalfBatchD)):
             register(name, cls, default_objective="hinge")
         register("with-schema", TwoChannelD, options=StrictlessOptions, default_objective="hinge")
+        register("needs-labels", NeedsLabelsD, default_objective="hinge")
         register("not-a-module", lambda num_classes, **kw: "oops", description="factory returning a string")
 
     @hookimpl
@@ -318,6 +326,8 @@ def test_generator_output_contract():
         check_generator_output(GeneratorOutput(torch.linspace(0, 2, 384).view(2, 3, 8, 8)), cond, "generator 'g'")
     with pytest.raises(ContractError, match="expected forward to return a GeneratorOutput"):
         check_generator_output(torch.zeros(2, 3, 8, 8), cond, "generator 'g'")
+    with pytest.raises(ContractError, match=r"aux to be a dict of tensors .*; got aux \{'mu': a list of 1 \[float\]\}"):
+        check_generator_output(GeneratorOutput(torch.zeros(2, 3, 8, 8), {"mu": [0.0]}), cond, "generator 'g'")
 
 
 def test_discriminator_feature_contract():
@@ -473,3 +483,13 @@ def test_one_yaml_carries_options_for_several_parts(tmp_path):
     assert unet.discriminator_options["width"] == 0.25 and unet.objective_options["balancing"] is False
     patch = resolve_parts(resolve({"model.discriminator": "patchgan"}, str(path))[0])
     assert patch.discriminator_options["ndf"] == 8 and patch.objective == "hinge" and patch.objective_options == {}
+
+
+def test_plugins_check_calls_a_label_free_discriminator_without_labels(buggy):
+    from gensynth.testing import check_part
+
+    failed = [r for r in check_part("discriminators", "needs-labels", buggy) if r.failed]
+    assert [r.check for r in failed] == ["forward"]
+    assert failed[0].detail.startswith("discriminator 'needs-labels' (plugin 'buggy'): expected forward(image, None) "
+                                       "to work: it declares takes_labels=False")
+    assert "AttributeError" in failed[0].detail
