@@ -226,7 +226,8 @@ def check_loss_value(value: Any, part: PartRef | str, *, what: str = "the loss",
 # --------------------------------------------------------------------------------------------
 class _Checked:
     """Calls ``module`` and checks what it returns. ``_orig_mod`` lets :func:`gensynth.method.unwrap` reach the
-    module's declarations (``joint_real_fake``, ``takes_labels``, ...) through this wrapper."""
+    module's declarations (``joint_real_fake``, ``takes_labels``, ...) through this wrapper; other attributes are
+    the module's."""
 
     def __init__(self, module, check: Callable[..., None]):
         self._orig_mod = module
@@ -236,6 +237,9 @@ class _Checked:
         out = self._orig_mod(*args, **kwargs)
         self._check(out, *args, **kwargs)
         return out
+
+    def __getattr__(self, name: str):  # anything else (attributes a term reads) comes from the module
+        return getattr(self.__dict__["_orig_mod"] if "_orig_mod" in self.__dict__ else None, name)
 
 
 @dataclass
