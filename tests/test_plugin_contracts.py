@@ -493,3 +493,19 @@ def test_plugins_check_calls_a_label_free_discriminator_without_labels(buggy):
     assert failed[0].detail.startswith("discriminator 'needs-labels' (plugin 'buggy'): expected forward(image, None) "
                                        "to work: it declares takes_labels=False")
     assert "AttributeError" in failed[0].detail
+
+
+def test_train_command_reports_a_contract_failure_in_one_message(buggy, tmp_path, tiny_cache):
+    import json
+
+    from gensynth.cli.main import cli
+
+    sets = {k: v for k, v in tiny_overrides(tmp_path / "run", tiny_cache).items()
+            if not k.startswith(("model.preset", "data.name", "trainer.steps", "trainer.run_dir",
+                                 "model.discriminator_options"))}
+    args = [x for k, v in sets.items() for x in ("--set", f"{k}={json.dumps(v)}")]
+    res = CliRunner().invoke(cli, ["train", "--discriminator", "bare-patch", "--steps", "1", "--run-dir",
+                                   str(tmp_path / "run"), *args], terminal_width=300)
+    assert res.exit_code == 2, res.output
+    assert "discriminator 'bare-patch' (plugin 'buggy'): expected PATCH logits as a list over scales" in res.output
+    assert "Traceback" not in res.output
