@@ -10,13 +10,13 @@ differentiated. In a plugin's tests::
     def test_my_plugin_keeps_the_contracts():
         assert_plugin_ok(my_plugin)   # registered through pluggy, nothing installed
 
-or one part: ``check_part("discriminators", "mine", host=plugin_host(my_plugin))``.
+or one part: ``check_part("discriminators", "mine", host=plugin_host(my_plugin))``. The probes and generated
+batches live in :mod:`gensynth.probes`, a dataset's contract in :mod:`gensynth.data.contracts`.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -24,8 +24,14 @@ from torch import Tensor, nn
 from gensynth.contracts import (ContractError, FirstStepContracts, PartRef, check_discriminator_module,
                                 check_discriminator_output, check_generator_module, check_generator_output,
                                 check_loss_value, check_objective_accepts, describe)
-from gensynth.interfaces import (Capability, Condition, Discriminator, DiscriminatorOutput, DOutputKind, Generator,
-                                 GeneratorOutput, Objective, RawSample, one_hot)
+from gensynth.data.contracts import check_dataset_spec, check_raw_samples
+from gensynth.interfaces import Capability, DOutputKind
+from gensynth.probes import (ProbeDiscriminator, ProbeGenerator, ProbeObjective, ProbeSettings, grads_reached,
+                             make_batch, probe_kind)
+
+__all__ = ["CHECKED_KINDS", "CheckResult", "PluginCheckFailed", "ProbeDiscriminator", "ProbeGenerator",
+           "ProbeObjective", "ProbeSettings", "assert_plugin_ok", "check_dataset_spec", "check_part", "check_plugin",
+           "check_raw_samples", "make_batch", "plugin_host"]
 
 #: the registries a plugin check covers, in the order they are reported
 CHECKED_KINDS = ("generators", "discriminators", "objectives", "losses", "datasets", "segmenters", "models")
@@ -47,118 +53,8 @@ class CheckResult:
         return self.status == "FAIL"
 
 
-@dataclass
-class ProbeSettings:
-    """The generated batch: ``batch`` images of ``size`` (H, W) labelled with ``num_classes`` classes."""
-
-    batch: int = 2
-    size: tuple[int, int] = (64, 64)
-    num_classes: int = 4
-    seed: int = 0
-
-
 class PluginCheckFailed(AssertionError):
     """Raised by :func:`assert_plugin_ok`; the message lists every failed check."""
-
-
-# --------------------------------------------------------------------------------------------
-# generated inputs and probe parts
-# --------------------------------------------------------------------------------------------
-def make_batch(s: ProbeSettings, *, edges: bool = False, style: bool = False) -> tuple[Tensor, Condition]:
-    """(real (B, 3, H, W) in [-1, 1], Condition with one-hot labels of blocky random ids, edges, style image)."""
-    g = torch.Generator().manual_seed(s.seed)
-    h, w = s.size
-    coarse = torch.randint(0, s.num_classes, (s.batch, 1, max(1, h // 8), max(1, w // 8)), generator=g)
-    ids = nn.functional.interpolate(coarse.float(), size=(h, w), mode="nearest").long()[:, 0]
-    real = torch.rand(s.batch, 3, h, w, generator=g) * 2 - 1
-    labels = one_hot(ids, s.num_classes)
-    cond = Condition(labels=labels, ids=ids)
-    if edges:
-        from gensynth.interfaces import instance_edges
-
-        cond.instance_edges = instance_edges(ids)
-    if style:
-        cond.style_image = real
-    return real, cond
-
-
-class ProbeDiscriminator(Discriminator):
-    """A tiny discriminator of any :class:`DOutputKind` (with features), to check objectives and loss terms."""
-
-    takes_labels = True
-
-    def __init__(self, kind: DOutputKind, num_classes: int, provides_features: bool = True):
-        super().__init__()
-        self.output_kind = kind
-        self.provides_features = provides_features
-        self.num_classes = num_classes
-        out = num_classes + 1 if kind == DOutputKind.PIXEL_CLASSES else 1
-        self.body = nn.Conv2d(3 + num_classes, 4, 3, padding=1)
-        self.head = nn.Conv2d(4, out, 1)
-
-    def forward(self, image: Tensor, cond: Condition | None = None) -> DiscriminatorOutput:
-        labels = cond.labels.to(image.dtype) if cond is not None else image.new_zeros(
-            image.shape[0], self.num_classes, *image.shape[2:])
-        f = torch.relu(self.body(torch.cat([image, labels], 1)))
-        logits = self.head(f)
-        if self.output_kind == DOutputKind.PATCH:
-            small = nn.functional.avg_pool2d(f, 2)
-            return DiscriminatorOutput(self.output_kind, [logits, self.head(small)],
-                                       [[f], [small]] if self.provides_features else None)
-        if self.output_kind == DOutputKind.IMAGE:
-            logits = logits.mean(dim=(2, 3))
-        return DiscriminatorOutput(self.output_kind, logits, [[f]] if self.provides_features else None)
-
-
-class ProbeGenerator(Generator):
-    """A tiny generator: labels -> tanh image; ``aux`` holds mu/logvar (B, 8) when asked (loss terms needing them)."""
-
-    uses_style_image = False
-
-    def __init__(self, num_classes: int, with_aux: bool = False):
-        super().__init__()
-        self.num_classes = num_classes
-        self.with_aux = with_aux
-        self.conv = nn.Conv2d(num_classes, 3, 3, padding=1)
-        self.latent = nn.Parameter(torch.zeros(2, 8))
-
-    def forward(self, cond, z=None) -> GeneratorOutput:
-        image = torch.tanh(self.conv(cond.labels))
-        aux = {}
-        if self.with_aux:
-            b = image.shape[0]
-            aux = {"mu": self.latent[:1].expand(b, -1) + image.mean(), "logvar": self.latent[1:].expand(b, -1)}
-        return GeneratorOutput(image, aux)
-
-
-class ProbeObjective(Objective):
-    """Scores any output kind (softplus of the logits' mean): lets loss terms be checked without a real objective."""
-
-    accepts = frozenset(DOutputKind)
-    name = "probe"
-
-    @staticmethod
-    def _mean(out: DiscriminatorOutput) -> Tensor:
-        scales = out.logits if isinstance(out.logits, (list, tuple)) else [out.logits]
-        return sum(x.float().mean() for x in scales) / len(scales)
-
-    def d_loss(self, out, cond, target) -> Tensor:
-        return nn.functional.softplus(self._mean(out) * (-1 if target == "real" else 1))
-
-    def g_loss(self, out, cond) -> Tensor:
-        return nn.functional.softplus(-self._mean(out))
-
-
-def _probe_kind(requires: Iterable[Capability]) -> DOutputKind:
-    return DOutputKind.PIXEL_CLASSES if Capability.PIXEL_OUTPUT in set(requires) else DOutputKind.PATCH
-
-
-def _grads_reached(params: Iterable[Tensor]) -> tuple[int, int, bool]:
-    """(parameters with a gradient, trainable parameters, all gradients finite)."""
-    params = [p for p in params if p.requires_grad]
-    got = [p for p in params if p.grad is not None]
-    finite = all(bool(torch.isfinite(p.grad).all()) for p in got)
-    return len(got), len(params), finite
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,7 +119,7 @@ def _check_generator(entry, ref: PartRef, rep: _Report, s: ProbeSettings) -> Non
         out = state["out"]
         loss = out.image.float().mean() + sum(v.float().mean() for v in out.aux.values() if isinstance(v, Tensor))
         loss.backward()
-        got, total, finite = _grads_reached(state["g"].parameters())
+        got, total, finite = grads_reached(state["g"].parameters())
         if not finite:
             raise ContractError(f"{ref}: expected finite gradients; got NaN or inf")
         if total and not got:
@@ -300,7 +196,7 @@ def _check_discriminator(entry, ref: PartRef, rep: _Report, s: ProbeSettings, ho
         for scale in out.features or []:
             loss = loss + sum(f.float().mean() for f in scale)
         loss.backward()
-        got, total, finite = _grads_reached(state["d"].parameters())
+        got, total, finite = grads_reached(state["d"].parameters())
         if not finite:
             raise ContractError(f"{ref}: expected finite gradients; got NaN or inf")
         if total and not got:
@@ -341,7 +237,7 @@ def _check_objective(entry, ref: PartRef, rep: _Report, s: ProbeSettings) -> Non
                 value = fn(d(real, cond))
                 check_loss_value(value, ref, what=f"{what} on {kind.name} output")
                 value.backward()
-                got, total, finite = _grads_reached(d.parameters())
+                got, total, finite = grads_reached(d.parameters())
                 if not got or not finite:
                     raise ContractError(f"{ref}: expected {what} to give finite gradients to the discriminator; got "
                                         f"{'none' if not got else 'NaN or inf'}")
@@ -371,7 +267,7 @@ def _check_loss(entry, ref: PartRef, rep: _Report, s: ProbeSettings) -> None:
 
     def step():
         term = state["term"]
-        kind = _probe_kind(term.requires)
+        kind = probe_kind(term.requires)
         d = ProbeDiscriminator(kind, s.num_classes, provides_features=True)
         g = ProbeGenerator(s.num_classes, with_aux=Capability.GENERATOR_AUX in term.requires)
         method = AdversarialMethod(ProbeObjective(), [term], merge_d_calls=False)
@@ -390,99 +286,13 @@ def _check_loss(entry, ref: PartRef, rep: _Report, s: ProbeSettings) -> None:
             raise ContractError(f"{ref}: expected a value that depends on the {trained} (requires_grad); got a "
                                 f"constant {float(value.detach()):.4g}")
         value.backward()
-        got, total, finite = _grads_reached(params)
+        got, total, finite = grads_reached(params)
         if not finite:
             raise ContractError(f"{ref}: expected finite gradients; got NaN or inf")
         return (f"{term.side} step with a {kind.name} discriminator: {float(value.detach()):.4g}, gradients reach "
                 f"{got}/{total} {'D' if term.side == 'D' else 'G'} parameter tensors")
 
     rep.run("build", build) and rep.run("step", step)
-
-
-def check_dataset_spec(spec, ref: PartRef) -> str:
-    """The static contract of a DatasetSpec (classes, raw-id table, don't-care, size, splits, default options)."""
-    import numpy as np
-
-    from gensynth.config import check_key
-    from gensynth.interfaces import ClassInfo
-
-    classes = list(spec.classes)
-    if not classes:
-        raise ContractError(f"{ref}: expected a non-empty classes list; got none")
-    for i, c in enumerate(classes):
-        if not isinstance(c, ClassInfo) or c.id != i:
-            raise ContractError(f"{ref}: expected classes[{i}] to be ClassInfo(id={i}, name, color); got {c!r}")
-    table = np.asarray(spec.raw_to_class)
-    if table.ndim != 1 or not np.issubdtype(table.dtype, np.integer):
-        raise ContractError(f"{ref}: expected raw_to_class to be a 1-D integer numpy array; got {table.dtype} "
-                            f"of shape {table.shape}")
-    if table.size and (table.min() < -1 or table.max() >= len(classes)):
-        raise ContractError(f"{ref}: expected raw_to_class values in -1..{len(classes) - 1}; got "
-                            f"{int(table.min())}..{int(table.max())}")
-    if not (table >= 0).any():
-        raise ContractError(f"{ref}: expected raw_to_class to map at least one raw id to a class; got none")
-    if spec.dontcare is not None and not 0 <= spec.dontcare < len(classes):
-        raise ContractError(f"{ref}: expected dontcare None or a class index 0..{len(classes) - 1}; "
-                            f"got {spec.dontcare}")
-    size = tuple(spec.default_size)
-    if len(size) != 2 or min(size) < 8:
-        raise ContractError(f"{ref}: expected default_size (H, W) of at least 8x8; got {size}")
-    if not spec.splits or not all(isinstance(x, str) for x in spec.splits):
-        raise ContractError(f"{ref}: expected splits to be a tuple of split names; got {spec.splits!r}")
-    for key in spec.default_options():
-        try:
-            check_key(key)
-        except Exception as exc:
-            raise ContractError(f"{ref}: default_options() key {key!r} is not a configuration key: {exc}") from None
-    eval_ids = spec.eval_ids
-    if eval_ids is not None and len(eval_ids) != len(classes):
-        raise ContractError(f"{ref}: expected eval_ids to have one entry per class ({len(classes)}); "
-                            f"got {len(eval_ids)}")
-    return f"{len(classes)} classes, raw ids 0..{table.size - 1}, dontcare {spec.dontcare}, size {size}"
-
-
-def check_raw_samples(spec, root: str | None, split: str, ref: PartRef, limit: int = 2) -> str:
-    """The first ``limit`` samples ``iter_raw(root, split)`` yields: RawSample with a dot-free key, a decodable
-    jpg/png image, a 2-D integer label of the image's size whose raw ids are in ``raw_to_class``."""
-    import itertools
-
-    import numpy as np
-    from PIL import Image
-
-    kwargs = {"samples": limit, "size": (32, 32)} if getattr(spec, "procedural", False) else {}
-    table = np.asarray(spec.raw_to_class)
-    seen = 0
-    for sample in itertools.islice(spec.iter_raw(root, split, **kwargs), limit):
-        if not isinstance(sample, RawSample):
-            raise ContractError(f"{ref}: expected iter_raw to yield gensynth.interfaces.RawSample; got "
-                                f"{describe(sample)}")
-        where = f"sample {sample.key!r} ({sample.source or 'no source'})"
-        if not sample.key or "." in sample.key:
-            raise ContractError(f"{ref}: expected a non-empty dot-free key; got {sample.key!r}")
-        if sample.image_ext not in ("jpg", "png"):
-            raise ContractError(f"{ref}: {where}: expected image_ext 'jpg' or 'png'; got {sample.image_ext!r}")
-        try:
-            w, h = Image.open(io.BytesIO(sample.image_bytes)).size
-        except Exception as exc:
-            raise ContractError(f"{ref}: {where}: expected image_bytes to be the image file's bytes; they do not "
-                                f"decode ({exc})") from None
-        label = np.asarray(sample.label)
-        if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer) or label.shape != (h, w):
-            raise ContractError(f"{ref}: {where}: expected label as an (H, W) integer array of the image's size "
-                                f"({h}, {w}); got {label.dtype} of shape {label.shape}")
-        bad = np.unique(label[(label < 0) | (label >= table.size)]).tolist()
-        if not bad:
-            ids = np.unique(label)
-            bad = ids[table[ids] < 0].tolist()
-        if bad:
-            raise ContractError(f"{ref}: {where}: raw label ids {bad[:8]} are not in raw_to_class")
-        if sample.instance is not None and np.asarray(sample.instance).shape != (h, w):
-            raise ContractError(f"{ref}: {where}: expected instance of shape ({h}, {w}); got "
-                                f"{np.asarray(sample.instance).shape}")
-        seen += 1
-    if not seen:
-        raise ContractError(f"{ref}: expected iter_raw({root!r}, {split!r}) to yield samples; got none")
-    return f"{seen} samples of split {split!r}"
 
 
 def _check_dataset(entry, ref: PartRef, rep: _Report, data_root: str | None) -> None:
