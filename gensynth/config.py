@@ -327,6 +327,11 @@ def _drop_swapped_part_options(layers: list[tuple[str, dict[str, Any]]], preset,
     return [(source, {k: v for k, v in flat.items() if keep(k)}) for source, flat in layers]
 
 
-def dump_resolved(cfg: RunConfig, provenance: dict[str, str], versions: dict[str, str]) -> dict[str, Any]:
-    """The document saved with every run: enough to repeat it."""
-    return {"config": cfg.model_dump(mode="json"), "provenance": provenance, "plugins": versions}
+def dump_resolved(cfg: RunConfig, provenance: dict[str, str], versions: dict[str, str],
+                  parts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The document saved with every run: enough to repeat it. ``parts``: the resolved parts
+    (:func:`gensynth.build.parts_summary`: the objective and loss terms actually used, with their options)."""
+    doc = {"config": cfg.model_dump(mode="json"), "provenance": provenance, "plugins": versions}
+    if parts is not None:
+        doc["parts"] = parts
+    return doc

@@ -140,9 +140,11 @@ class DOutputKind(str, enum.Enum):
 class DiscriminatorOutput:
     """What a discriminator returns.
 
-    kind: which :class:`DOutputKind` ``logits`` holds.
-    logits: a tensor (PIXEL_CLASSES, PIXEL_BINARY, IMAGE) or a list over scales of tensors (PATCH).
-    features: per scale, the intermediate feature maps (for feature matching), or None.
+    kind: which :class:`DOutputKind` ``logits`` holds; the discriminator's declared ``output_kind``.
+    logits: PIXEL_CLASSES (B, N+1, H, W) and PIXEL_BINARY (B, 1, H, W) at the image's size; IMAGE (B, 1); PATCH a
+    list over scales of (B, 1, h, w) (a list even for one scale).
+    features: per scale, a list of intermediate (B, C, h, w) feature maps (for feature matching; as many scales as
+    PATCH logits), or None. :mod:`gensynth.contracts` checks all of this at the first training step.
     """
 
     kind: DOutputKind
@@ -373,6 +375,11 @@ class DatasetSpec(abc.ABC):
     def default_options(self) -> dict[str, Any]:
         """Config overrides this dataset brings (dotted keys), e.g. {'data.size': [256, 512]}."""
         return {}
+
+    def example_root(self) -> str | None:
+        """Optional: a directory with a few samples in this dataset's layout shipped with the plugin (e.g. via
+        ``importlib.resources``), read by ``gensynth plugins check`` and :mod:`gensynth.testing`. Default None."""
+        return None
 
 
 # --------------------------------------------------------------------------------------------

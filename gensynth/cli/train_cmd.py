@@ -15,6 +15,9 @@ from rich.console import Console
 #: what --official-recipe sets: the official OASIS training numerics (no stable start, constant EMA decay)
 OFFICIAL_RECIPE = {"trainer.stable_start": False, "trainer.ema_warmup": False}
 
+#: option keys the ablation flags set (flat: they apply to the chosen generator / objective; no deprecation note)
+FLAG_OPTION_KEYS = ("model.generator_options.use_3d_noise", "model.objective_options.balancing")
+
 
 def _flags_to_config(opts: dict) -> dict:
     """Map the command's flags onto dotted config keys (contract 5)."""
@@ -110,6 +113,14 @@ def command(**opts):
         return
     cfg, provenance = resolve(cli, opts.get("config_path"))
     console = Console(stderr=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from gensynth.build import resolve_parts, run_notes
+
+        parts = resolve_parts(cfg)  # fails here, before any set-up, when the parts cannot work together
+        console.print(f"[bold]{cfg.model.preset}[/]: generator {parts.generator}, discriminator {parts.discriminator}, "
+                      f"objective {parts.objective}, losses {parts.losses or '-'}", highlight=False)
+        for note in run_notes(parts, provenance, exclude=FLAG_OPTION_KEYS):
+            console.print(f"   note: {note}", highlight=False)
     result = run_training(cfg, provenance, console=console, resume=True if opts.get("resume") else None)
     if int(os.environ.get("RANK", "0")) == 0:
         how = f"stopped by {result.stopped_by}" if result.stopped_by else "done"

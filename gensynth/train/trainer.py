@@ -18,11 +18,13 @@ from typing import Iterator
 import torch
 from rich.console import Console
 
-from gensynth.build import Parts, build_discriminator, build_generator, build_method, resolve_parts
+from gensynth.build import (Parts, build_discriminator, build_generator, build_method, canonical_options,
+                            parts_summary, resolve_parts)
 from gensynth.checkpoint import (BEST, LATEST, Checkpoint, checkpoint_root, list_checkpoints, load_checkpoint,
                                  prune_checkpoints, read_pointer, save_checkpoint, step_dir_name, write_pointer,
                                  write_text_atomic)
 from gensynth.config import RunConfig, dump_resolved, flatten
+from gensynth.contracts import FirstStepContracts, first_step_contracts
 from gensynth.errors import CheckpointError, ConfigError, GensynthError
 from gensynth.interfaces import NoiseKind
 from gensynth.method import unwrap
@@ -142,6 +144,7 @@ class Trainer:
             self.method.merge_d_calls = cfg.trainer.merge_d_calls
         for term in self.method.terms:
             term.to(self.device)
+        self._contracts = first_step_contracts(self.parts, self.method, self.D)  # checked on the first step only
         self.ema = EMA(self.G, cfg.trainer.ema_decay, cfg.trainer.ema_warmup) if cfg.trainer.ema_decay is not None else None
         oc = cfg.optim
         betas = (float(oc.beta1), float(oc.beta2))
@@ -183,7 +186,8 @@ class Trainer:
             from gensynth.plugins import get_host
 
             write_text_atomic(self.run_dir / "config.json",
-                              json.dumps(dump_resolved(cfg, self.provenance, get_host().versions()), indent=1))
+                              json.dumps(dump_resolved(cfg, self.provenance, get_host().versions(),
+                                                         parts_summary(self.parts)), indent=1, default=str))
             self.log = MetricsLog(self.run_dir)
         else:
             self.log = None
@@ -199,6 +203,7 @@ class Trainer:
             self.progress.message(f"resuming {self.run_dir} from {resumed.path.name} (step {self.step})")
 
     _init_report: InitReport | None = None
+    _contracts: FirstStepContracts | None = None
     _d_trainable: list | None = None
 
     def _total_steps(self) -> int:
@@ -230,8 +235,8 @@ class Trainer:
         return ckpt
 
     def _check_resume_config(self, ckpt: Checkpoint) -> None:
-        old = flatten(ckpt.config().model_dump(mode="json"))
-        new = flatten(self.cfg.model_dump(mode="json"))
+        old = flatten(canonical_options(ckpt.config()).model_dump(mode="json"))  # flat or per-part option keys
+        new = flatten(canonical_options(self.cfg).model_dump(mode="json"))
         # a key the checkpoint's configuration lacks was added to gensynth after it was written: not compared
         changed = sorted(k for k in set(old) | set(new) if k in old and old.get(k) != new.get(k)
                          and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in _RESUME_FREE))
@@ -344,11 +349,16 @@ class Trainer:
     def _accumulate(self, losses_fn, wrapped, scaler, micros: list) -> None:
         """Backward of ``losses_fn`` summed over the micro-batches (DDP gradients synchronised on the last one)."""
         prec, dev, n = self.cfg.trainer.precision, self.device, len(micros)
+        G, D, checks = self.G_train, self.D_train, self._contracts
+        if checks is not None:  # the parts' contracts, on the first step of this process only (host syncs)
+            G, D = checks.generator(G), checks.discriminator(D)
         for i, (real, cond) in enumerate(micros):
             last = not self.dist.enabled or i == n - 1
             with contextlib.nullcontext() if last else wrapped.no_sync():
                 with autocast(prec, dev):
-                    losses = losses_fn(self.G_train, self.D_train, real, cond, self.step)
+                    losses = losses_fn(G, D, real, cond, self.step)
+                if checks is not None:
+                    checks.losses(losses)
                 self._record(losses)
                 scaler.scale((sum(losses.values()) / n).float()).backward()
 
@@ -370,6 +380,7 @@ class Trainer:
         self._accumulate(self.method.d_losses, self.D_train, self.scaler_d, micros)
         self._optim_step(self.opt_d, self.scaler_d, self.D.parameters())
         self.opt_d.zero_grad(set_to_none=True)  # nor D's through the next G step
+        self._contracts = None
         if self.ema is not None:
             self.ema.update(self.G)
         self.sched_g.step()
