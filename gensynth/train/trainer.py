@@ -153,6 +153,9 @@ class Trainer:
         self.opt_d = make_adam((p for p in self.D.parameters() if p.requires_grad), oc.lr_d, betas, oc.implementation,
                                self.device)
         self.sched_g = make_scheduler(self.opt_g, oc.schedule, self.total, oc.decay_start)
+        #: the gradient-norm clip: the user's optim.grad_clip, else the stable start's (None: no clipping)
+        self.grad_clip = oc.grad_clip if oc.grad_clip is not None else (
+            cfg.trainer.stable_start_clip if cfg.trainer.stable_start else None)
         self.sched_d = make_scheduler(self.opt_d, oc.schedule, self.total, oc.decay_start,
                                       cfg.trainer.stable_start_steps if cfg.trainer.stable_start else 0)
         self.scaler_g = make_scaler(cfg.trainer.precision, self.device)
@@ -339,7 +342,7 @@ class Trainer:
             self._bad[name] = torch.maximum(self._bad[name], (~torch.isfinite(v)).float())
 
     def _optim_step(self, opt, scaler, params) -> None:
-        clip = self.cfg.optim.grad_clip
+        clip = self.grad_clip
         if clip is not None:
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, clip)
