@@ -36,6 +36,9 @@ def test_output_spread_is_zero_for_a_constant_d_and_the_logit_std_otherwise():
     # real vs fake told apart with spatially constant logits still has a spread: +1 on real, -1 on fake
     real, fake = torch.ones(2, 1, 4, 4), -torch.ones(2, 1, 4, 4)
     assert float(output_spread(real, fake)) == pytest.approx(1.0)
+    # large maps are read on a ~32x32 grid: the same spread for a map whose values repeat in 4x4 cells
+    cells = noisy.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)  # (4, 3, 64, 64)
+    assert float(output_spread(cells)) == pytest.approx(float(output_spread(noisy)), rel=1e-5)
     # multi-scale outputs (lists) average the scales
     out = DiscriminatorOutput(DOutputKind.PATCH, [torch.zeros(2, 1, 4, 4), noisy[:2, :1]])
     assert float(output_spread(out)) == pytest.approx(float(noisy[:2, :1].std(unbiased=False)) / 2, rel=1e-5)
