@@ -90,7 +90,7 @@ def test_monitor_reports_a_collapse_after_patience_steps_once_and_again_after_re
     assert [(k, s) for k, s, _ in found] == [("collapse", 15), ("collapse", 35)]
     message = found[0][2]
     assert "the discriminator has collapsed: since step 6" in message
-    assert "D_real=3.58" in message and "labelmix=5e-06" in message and "optim.grad_clip" in message
+    assert "D_real=3.58" in message and "labelmix=5e-06" in message and "a lower optim.lr_d" in message
 
 
 def test_monitor_reports_weight_and_loss_divergence():
@@ -124,6 +124,7 @@ def test_forced_collapse_is_reported_within_patience_steps_with_its_symptoms(tmp
     assert all(r["d_spread_max"] < 0.01 for r in figures)
     assert {"param_rms/generator", "param_rms/discriminator"} <= set(figures[0])
     assert [r["finding"] for r in records if "finding" in r] == ["collapse"]
+    assert "Try: a smaller gradient clip (optim.grad_clip=0.1)" in result.health[0]
 
 
 def test_health_action_stop_saves_a_checkpoint_then_stops_with_the_finding(tmp_path, tiny_cache):

@@ -145,7 +145,7 @@ class HealthMonitor:
     """Accumulates per-step health figures on the device and judges them every ``cfg.every`` steps.
 
     ``cfg``: a :class:`gensynth.config.HealthConfig`; ``models``: name -> module whose parameter RMS is watched;
-    ``advice``: extra words for the collapse message (e.g. how to turn on the stable start)."""
+    ``advice``: what to try when D collapses (the trainer's words depend on the recipe)."""
 
     def __init__(self, cfg, models: dict[str, nn.Module], device: torch.device, advice: str = ""):
         self.cfg = cfg
@@ -254,7 +254,7 @@ class HealthMonitor:
             f"the discriminator has collapsed: since step {self._collapsed_since} its outputs are the same for "
             f"every pixel and image (logit spread at most {spread:.2g}, under {self.cfg.collapse_spread:g}), so the "
             f"generator gets no training signal and its samples stay flat. Losses are pinned: {_fmt(pinned)}. "
-            f"Try: {self.advice}optim.grad_clip=1.0, or a lower optim.lr_d. "
+            f"Try: {self.advice or 'a lower optim.lr_d or a smaller optim.grad_clip'}. "
             f"(health.action=stop saves a checkpoint and stops at this point.)")
 
     def _judge_divergence(self, report: HealthReport, losses: dict[str, float]) -> None:

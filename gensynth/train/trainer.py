@@ -198,12 +198,18 @@ class Trainer:
         self.health = None
         if cfg.health.enabled:
             self.health = HealthMonitor(cfg.health, {"generator": self.G, "discriminator": self.D}, self.device,
-                                        advice="" if cfg.trainer.stable_start else
-                                        "the stable start (trainer.stable_start=true; drop --official-recipe), ")
+                                        advice=self._collapse_advice())
         if self._init_report is not None:
             self.progress.message(f"initialised from {cfg.trainer.init_from}:\n{self._init_report.summary()}")
         if resumed is not None:
             self.progress.message(f"resuming {self.run_dir} from {resumed.path.name} (step {self.step})")
+
+    def _collapse_advice(self) -> str:
+        if not self.cfg.trainer.stable_start:
+            return ("the stable start (trainer.stable_start=true: drop --official-recipe), or optim.grad_clip=1.0 "
+                    "(a spike fills Adam's second moment and freezes D)")
+        return (f"a smaller gradient clip (optim.grad_clip={self.grad_clip / 10 if self.grad_clip else 0.1:g}), a "
+                f"longer D warm-up (trainer.stable_start_steps) or a lower optim.lr_d")
 
     _init_report: InitReport | None = None
     _contracts: FirstStepContracts | None = None
