@@ -12,11 +12,12 @@ Trains, with the real trainer, every (configuration, recipe, seed):
 * recipes: ``official`` (``--official-recipe``: the official init and numerics, constant EMA decay) and
   ``stable`` (gensynth's default: the stable start of gensynth.train.stable_start).
 
-**Dead discriminator (the definition counted here).** The trainer's health monitor records, every 10 steps, the
-largest per-step spread of D's logits (``d_spread_max``: their standard deviation over pixels, images, real and
-fake, averaged over channels). A run is **dead** when that figure stayed under 0.01 at each of its last three
-checks (30 steps), i.e. D gave every pixel of every image the same logits at the end. ``dead steps`` counts the
-steps after step 10 whose check was under 0.01 (time spent on the plateau, also in runs that left it).
+**Dead discriminator (the definition counted here).** The symptom of a dead OASIS discriminator: its class
+channels carry nothing, so the trainer's logged 10-step means of ``D_real`` and ``G_adv`` sit at ln(N+1) (the
+cross-entropy of equal class probabilities) and LabelMix at ~0. A 10-step window is **pinned** when ``D_real`` and
+``G_adv`` are both within 2% of ln(N+1) and LabelMix is under 1e-3. A run is **dead** when its last three
+windows (30 steps) are pinned; ``dead steps`` counts the pinned windows after step 10 (x10), i.e. the time spent
+on the plateau, also by runs that left it. The health monitor's ``d_spread_max`` series is kept beside it.
 
 **Learning** of the runs that survive, at every checkpoint, of the trained generator itself, not its EMA (the
 official recipe's constant EMA decay of 0.999 still holds ~75% of the random initial generator after 300 steps,
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -51,8 +53,9 @@ sys.path.insert(0, str(HERE))
 RESULTS = HERE / "results" / "stability"
 TESTDATA = HERE.parent.parent / "shared" / "testdata-real"
 
-DEAD_SPREAD = 0.01  # logit spread under which D gives every pixel the same logits
-DEAD_CHECKS = 3  # consecutive final checks (10 steps each) under DEAD_SPREAD: dead
+PINNED_REL = 0.02  # D_real and G_adv within 2% of ln(N+1) ...
+PINNED_LABELMIX = 1e-3  # ... and LabelMix under this: a pinned 10-step window
+DEAD_WINDOWS = 3  # the last three windows pinned: dead
 
 
 @dataclass
@@ -146,12 +149,36 @@ def health_series(run_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["d_spread_max"]) for r in rows if r.get("kind") == "health" and "d_spread_max" in r]
 
 
-def verdict(series: list[tuple[int, float]]) -> tuple[bool, int]:
-    """(dead at the end, steps after step 10 spent under DEAD_SPREAD) from the health series."""
-    tail = [s for _, s in series[-DEAD_CHECKS:]]
-    dead = len(tail) == DEAD_CHECKS and all(s < DEAD_SPREAD for s in tail)
-    dead_steps = sum(10 for step, s in series if step > 10 and s < DEAD_SPREAD)
-    return dead, dead_steps
+def pinned_windows(run_dir: Path) -> list[tuple[int, bool]]:
+    """(step, pinned) for every logged 10-step window of a run (see the module docstring)."""
+    from gensynth.build import resolve_parts
+    from gensynth.config import RunConfig
+
+    doc = json.loads((run_dir / "config.json").read_text())
+    level = math.log(resolve_parts(RunConfig.model_validate(doc["config"])).num_classes + 1)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    out = []
+    for r in rows:
+        if r.get("kind") == "train" and "D_real" in r:
+            pinned = (abs(r["D_real"] - level) < PINNED_REL * level and abs(r["G_adv"] - level) < PINNED_REL * level
+                      and r.get("labelmix", 0.0) < PINNED_LABELMIX)
+            out.append((r["step"], pinned))
+    return out
+
+
+def verdict(windows: list[tuple[int, bool]]) -> tuple[bool, int]:
+    """(dead at the end, steps after step 10 spent pinned) from a run's pinned windows."""
+    tail = [p for _, p in windows[-DEAD_WINDOWS:]]
+    dead = len(tail) == DEAD_WINDOWS and all(tail)
+    return dead, sum(10 for step, p in windows if step > 10 and p)
+
+
+def rejudge(row: dict[str, Any], work: Path) -> dict[str, Any]:
+    """The row with ``dead``/``dead_steps`` judged again from its run directory (when it is still there)."""
+    run_dir = work / "runs" / row["config"] / row["recipe"] / f"seed{row['seed']}"
+    if (run_dir / "metrics.jsonl").is_file():
+        row["dead"], row["dead_steps"] = verdict(pinned_windows(run_dir))
+    return row
 
 
 def demo_segmenter(cfg: Config, work: Path, steps: int):
@@ -185,7 +212,7 @@ def run_job(job: Job) -> dict[str, Any]:
     rc, prov = resolve(overrides(job, cfg, run_dir))
     result, seconds = L.train(rc, prov)
     series = health_series(run_dir)
-    dead, dead_steps = verdict(series)
+    dead, dead_steps = verdict(pinned_windows(run_dir))
     G0, D0, parts = L.initial_models(rc)
     batches = L.val_batches(rc, parts, limit=64)
     features = L.PooledFeatures(demo_segmenter(cfg, Path(job.work), job.segmenter_steps)) if cfg.segmenter else None
@@ -260,9 +287,9 @@ def _f(v: Any) -> str:
 
 def markdown(rows: list[dict[str, Any]], table: list[dict[str, Any]], command: str) -> str:
     lines = [f"# Stability: the official recipe vs the stable start\n", f"`{command}`\n",
-             f"Dead: the discriminator's logit spread (health figure `d_spread_max`) under {DEAD_SPREAD} at each of "
-             f"the last {DEAD_CHECKS} checks (30 steps). Learning: medians over the runs that survive; "
-             f"`all` = median over every run, dead ones included.\n",
+             f"Dead: the last {DEAD_WINDOWS} logged 10-step windows pinned (D_real and G_adv within "
+             f"{PINNED_REL:.0%} of ln(N+1), LabelMix under {PINNED_LABELMIX:g}). Learning: medians over the runs that "
+             f"survive; `all` = median over every run, dead ones included.\n",
              "| configuration | recipe | steps | dead runs | dead seeds | median dead steps | D mIoU (survivors) "
              "| gen. mIoU (survivors) | final D mIoU (all) | final gen. mIoU (all) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -327,8 +354,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
 
     def save() -> None:
+        for row in rows:
+            rejudge(row, work)
         table = summary(rows)
-        done_path.write_text(json.dumps({"command": command, "dead_spread": DEAD_SPREAD, "dead_checks": DEAD_CHECKS,
+        done_path.write_text(json.dumps({"command": command, "pinned_rel": PINNED_REL,
+                                         "pinned_labelmix": PINNED_LABELMIX, "dead_windows": DEAD_WINDOWS,
                                          "summary": table, "runs": rows}, indent=1))
         (args.out / "stability.md").write_text(markdown(rows, table, command))
 

@@ -220,6 +220,12 @@ class Objective(abc.ABC):
     @abc.abstractmethod
     def g_loss(self, out: DiscriminatorOutput, cond: Condition) -> Tensor: ...
 
+    def uninformative_loss(self, num_classes: int) -> float | None:
+        """The value of ``d_loss(real)`` and ``g_loss`` when D's output carries no information (e.g. equal class
+        probabilities everywhere), or None when there is no such level. The health monitor reports a collapsed
+        discriminator when both losses stay pinned there (:mod:`gensynth.train.health`)."""
+        return None
+
 
 class Capability(str, enum.Enum):
     """What a loss term needs from the discriminator, generator or data."""

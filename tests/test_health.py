@@ -33,9 +33,15 @@ def test_output_spread_is_zero_for_a_constant_d_and_the_logit_std_otherwise():
     torch.manual_seed(0)
     noisy = torch.randn(4, 3, 16, 16) * 2.0
     assert float(output_spread(noisy)) == pytest.approx(2.0, rel=0.05)
-    # real vs fake told apart with spatially constant logits still has a spread: +1 on real, -1 on fake
+    # each output on its own: logits constant within the real and within the fake images have no spread, even
+    # when they differ between the two (a pinned N+1 D whose "fake" channel separates real from fake)
     real, fake = torch.ones(2, 1, 4, 4), -torch.ones(2, 1, 4, 4)
-    assert float(output_spread(real, fake)) == pytest.approx(1.0)
+    assert float(output_spread(real, fake)) == 0.0
+    assert float(output_spread(noisy, torch.zeros(4, 3, 16, 16))) == pytest.approx(1.0, rel=0.05)
+    # the median over channels: one varying channel (OASIS's "fake") among constant class channels is ~0
+    pinned = torch.zeros(2, 12, 8, 8)
+    pinned[:, 0] = torch.randn(2, 8, 8)
+    assert float(output_spread(pinned)) == 0.0
     # large maps are read on a ~32x32 grid: the same spread for a map whose values repeat in 4x4 cells
     cells = noisy.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)  # (4, 3, 64, 64)
     assert float(output_spread(cells)) == pytest.approx(float(output_spread(noisy)), rel=1e-5)
@@ -88,8 +94,16 @@ def test_monitor_reports_a_collapse_after_patience_steps_once_and_again_after_re
         assert report.figures["d_spread_max"] == pytest.approx(spread)
         found += [(f.kind, f.step, f.message) for f in report.findings]
     assert [(k, s) for k, s, _ in found] == [("collapse", 15), ("collapse", 35)]
+    # losses pinned at the objective's uninformative level count as collapsed, whatever the spread
+    pinned_monitor = HealthMonitor(cfg, {}, torch.device("cpu"), pinned_level=3.58)
+    kinds = []
+    for step in (5, 10, 15):
+        for _ in range(5):
+            pinned_monitor.after_step({"d_spread": torch.tensor(0.02)})
+        kinds += [f.kind for f in pinned_monitor.check(step, pinned).findings]
+    assert kinds == ["collapse"]
     message = found[0][2]
-    assert "the discriminator has collapsed: since step 6" in message
+    assert "the discriminator has collapsed: since step 6 its outputs carry nothing" in message
     assert "D_real=3.58" in message and "labelmix=5e-06" in message and "a lower optim.lr_d" in message
 
 

@@ -6,12 +6,13 @@ copy to the host turn them into a :class:`HealthReport` (:meth:`HealthMonitor.ch
 
 What is measured, and the verdicts (thresholds are ``health.*`` settings):
 
-* ``d_spread``: how much the discriminator's output varies over pixels, images and real-vs-fake, in logit units
-  (:func:`output_spread` of D's outputs on the real and the fake images of the D step). A discriminator that
-  gives every pixel of every image the same logits has spread ~0 (measured: 0.0006-0.005 in runs that died,
-  0.07-10 in runs that live). **Collapsed** when the largest per-step spread stays under
-  ``collapse_spread`` for ``patience`` consecutive steps. Its losses are then pinned (OASIS: at ln(N+1)) and
-  LabelMix is ~0, which the message quotes.
+* ``d_spread``: how much the discriminator's output varies over pixels and images, in logit units
+  (:func:`output_spread` of D's outputs on the real and on the fake images of the D step). A discriminator that
+  gives every pixel of every image the same logits has spread ~0 (benchmarks/README.md, "stability.py").
+  **Collapsed** when, for ``patience`` consecutive steps, the largest per-step spread stays under
+  ``collapse_spread`` or D_real and G_adv stay within 2% of the objective's uninformative level
+  (:meth:`~gensynth.interfaces.Objective.uninformative_loss`; OASIS: ln(N+1)). LabelMix is then ~0; the message
+  quotes the losses.
 * ``param_rms/<model>``: root mean square of the parameters of G and D. **Diverging** when one grew by
   ``weight_growth`` times or more since this process started training and is above 1 (Adam moves a weight by
   about the learning rate per step, so orders of magnitude within a run mean a learning rate far too large).
@@ -58,23 +59,22 @@ def _grid(t: Tensor) -> Tensor:
 
 
 def output_spread(*outputs: DiscriminatorOutput | Tensor) -> Tensor:
-    """Standard deviation of D's logits over everything but the channel, averaged over channels and scales.
+    """How much D's logits vary within each output: their standard deviation over images and pixels, the median
+    over channels, averaged over scales and outputs.
 
     ``outputs``: discriminator outputs on different images (e.g. real and fake) of one step, each a tensor
-    (B, C, H, W) / (B, C) or a list of them over scales; same-scale tensors are pooled over all outputs, so a D
-    that tells real from fake with spatially constant logits still has a spread. Maps are read on a strided grid
-    of at most ~32x32 positions. Returns a 0-d float tensor."""
-    per_output = [_tensors(o) for o in outputs if o is not None]
+    (B, C, H, W) / (B, C) or a list of them over scales. Each output is measured on its own and the median over
+    channels is taken, so a D whose class channels are constant scores ~0 even when its one "fake" channel still
+    varies or separates real from fake (measured: OASIS runs pinned at ln(N+1) had a channel-mean spread of 0.02,
+    pooled over real and fake 0.03). Maps are read on a strided grid of at most ~32x32 positions. Returns a 0-d
+    float tensor."""
     spreads = []
-    for scale in zip(*per_output):
-        count, total, squares = 0, 0.0, 0.0
-        for t in scale:
+    for out in outputs:
+        if out is None:
+            continue
+        for t in _tensors(out):
             x = _grid(t.detach()).float().transpose(0, 1).reshape(t.shape[1], -1)  # (C, positions)
-            count += x.shape[1]
-            total = total + x.sum(dim=1)
-            squares = squares + (x * x).sum(dim=1)
-        mean = total / count
-        spreads.append((squares / count - mean * mean).clamp_min(0).sqrt().mean())
+            spreads.append(x.std(dim=1, unbiased=False).median())
     return torch.stack(spreads).mean()
 
 
@@ -137,6 +137,10 @@ class HealthReport:
     findings: list[Finding] = field(default_factory=list)
 
 
+#: D_real and G_adv within this fraction of the objective's uninformative level count as pinned there
+PINNED_REL = 0.02
+
+
 def _fmt(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.3g}" for k, v in values.items())
 
@@ -145,10 +149,13 @@ class HealthMonitor:
     """Accumulates per-step health figures on the device and judges them every ``cfg.every`` steps.
 
     ``cfg``: a :class:`gensynth.config.HealthConfig`; ``models``: name -> module whose parameter RMS is watched;
-    ``advice``: what to try when D collapses (the trainer's words depend on the recipe)."""
+    ``advice``: what to try when D collapses (the trainer's words depend on the recipe); ``pinned_level``: the
+    objective's :meth:`~gensynth.interfaces.Objective.uninformative_loss` (None: judged on the spread alone)."""
 
-    def __init__(self, cfg, models: dict[str, nn.Module], device: torch.device, advice: str = ""):
+    def __init__(self, cfg, models: dict[str, nn.Module], device: torch.device, advice: str = "",
+                 pinned_level: float | None = None):
         self.cfg = cfg
+        self.pinned_level = pinned_level
         self.models = models
         self.device = device
         self.advice = advice
@@ -241,7 +248,7 @@ class HealthMonitor:
         spread = report.figures.get("d_spread_max")
         if spread is None:
             return
-        if spread < self.cfg.collapse_spread:
+        if spread < self.cfg.collapse_spread or self._pinned(losses):
             if self._collapsed_since is None:
                 self._collapsed_since = report.step - window + 1
             self._collapse_steps += window
@@ -251,11 +258,21 @@ class HealthMonitor:
         pinned = {k: v for k, v in losses.items() if k.startswith(("D_", "G_adv", "labelmix"))}
         self._report(
             report, "collapse", bad,
-            f"the discriminator has collapsed: since step {self._collapsed_since} its outputs are the same for "
-            f"every pixel and image (logit spread at most {spread:.2g}, under {self.cfg.collapse_spread:g}), so the "
-            f"generator gets no training signal and its samples stay flat. Losses are pinned: {_fmt(pinned)}. "
+            f"the discriminator has collapsed: since step {self._collapsed_since} its outputs carry nothing (the "
+            f"same for every pixel and image: logit spread at most {spread:.2g}; losses {_fmt(pinned)}"
+            f"{self._level_words()}), so the generator gets no training signal and its samples stay flat. "
             f"Try: {self.advice or 'a lower optim.lr_d or a smaller optim.grad_clip'}. "
             f"(health.action=stop saves a checkpoint and stops at this point.)")
+
+    def _pinned(self, losses: dict[str, float]) -> bool:
+        """D_real and G_adv both within 2% of the objective's uninformative level."""
+        level = self.pinned_level
+        if level is None or "D_real" not in losses or "G_adv" not in losses:
+            return False
+        return all(abs(losses[k] - level) < PINNED_REL * level for k in ("D_real", "G_adv"))
+
+    def _level_words(self) -> str:
+        return "" if self.pinned_level is None else f", pinned at {self.pinned_level:.3g} = no information"
 
     def _judge_divergence(self, report: HealthReport, losses: dict[str, float]) -> None:
         growth = self.cfg.weight_growth

@@ -198,7 +198,8 @@ class Trainer:
         self.health = None
         if cfg.health.enabled:
             self.health = HealthMonitor(cfg.health, {"generator": self.G, "discriminator": self.D}, self.device,
-                                        advice=self._collapse_advice())
+                                        advice=self._collapse_advice(),
+                                        pinned_level=self.method.objective.uninformative_loss(self.parts.num_classes))
         if self._init_report is not None:
             self.progress.message(f"initialised from {cfg.trainer.init_from}:\n{self._init_report.summary()}")
         if resumed is not None:

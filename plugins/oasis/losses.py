@@ -5,6 +5,8 @@ Conventions: D logits (B, N+1, H, W), channel 0 = "fake", channel c+1 = semantic
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -93,6 +95,11 @@ class NPlusOneObjective(Objective):
 
     def g_loss(self, out, cond) -> Tensor:
         return self.balanced_ce(out, cond)
+
+    def uninformative_loss(self, num_classes: int) -> float | None:
+        """ln(N+1): the cross-entropy of equal probabilities over the N+1 channels (the balancing weights sum to the
+        pixel count, so the weighted mean is ln(N+1) too)."""
+        return math.log(num_classes + 1)
 
 
 # ---------------------------------------------------------------------------------------------
