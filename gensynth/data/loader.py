@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gensynth.data import openers
 from gensynth.data.raw_cache import ensure_cached, target_size
-from gensynth.data.shards import card_filename, iter_tar_samples
+from gensynth.data.shards import card_filename, check_card_shard_names, iter_tar_samples
 from gensynth.data.transforms import Sample, SampleDecoder
 from gensynth.errors import DataError
+from gensynth.url_safety import refusal, runs_command
 from gensynth.interfaces import Condition, DatasetSpec, check_label_range, instance_edges, one_hot
 
 
@@ -73,13 +74,13 @@ def _expand(pattern: str) -> list[str]:
     return list(braceexpand(pattern))
 
 
-def _scan_card(urls: list[str], spec: DatasetSpec, split: str) -> dict:
+def _scan_card(urls: list[str], spec: DatasetSpec, split: str, allow_pipe: bool = False) -> dict:
     """A minimal card built by reading every shard once (when no card was published)."""
     warnings.warn(f"no dataset card found for {spec.name} {split}; counting samples by reading {len(urls)} shard(s)",
                   stacklevel=3)
     shards = []
     for url in urls:
-        with openers.open_url(url) as f:
+        with openers.open_url(url, allow_pipe=allow_pipe) as f:
             count = sum(1 for _ in iter_tar_samples(f, url))
         shards.append({"name": url.rsplit("/", 1)[-1], "count": count})
     return {"dataset": spec.name, "split": split, "num_samples": sum(s["count"] for s in shards), "shards": shards}
@@ -99,6 +100,7 @@ def _check_card(card: dict, where: str, spec: DatasetSpec, split: str) -> dict:
         raise DataError(f"{where}: the shards hold dataset {card.get('dataset')!r}, but data.name is {spec.name!r}")
     if not card.get("shards"):
         raise DataError(f"{where}: the dataset card lists no shards for split {split!r}")
+    check_card_shard_names(card, where)
     return card
 
 
@@ -140,10 +142,13 @@ def resolve_shards(data_cfg, spec: DatasetSpec, split: str) -> tuple[list[str], 
     if root is None:
         return _from_dir(str(ensure_cached(data_cfg, spec, split)), spec, split)
     root = str(root)
+    allow_pipe = bool(getattr(data_cfg, "allow_pipe", False))
+    if runs_command(root) and not allow_pipe:
+        raise DataError(refusal(root))
     if "{" in root or root.endswith(".tar") or openers.is_pipe(root):
         urls = _expand(root)
         if openers.is_pipe(root):
-            return urls, _scan_card(urls, spec, split)
+            return urls, _scan_card(urls, spec, split, allow_pipe)
         card_url = openers.join(openers.dirname(urls[0]), card_filename(spec.name, split))
         if openers.exists(card_url):
             card = _check_card(_load_card(card_url), card_url, spec, split)
@@ -152,7 +157,7 @@ def resolve_shards(data_cfg, spec: DatasetSpec, split: str) -> tuple[list[str], 
             if all(n in by_name for n in names):
                 shards = [by_name[n] for n in names]
                 return urls, {**card, "shards": shards, "num_samples": sum(s["count"] for s in shards)}
-        return urls, _scan_card(urls, spec, split)
+        return urls, _scan_card(urls, spec, split, allow_pipe)
     if openers.is_remote(root):
         found = _from_dir(root, spec, split)
         if found is None:
@@ -205,8 +210,9 @@ class _ShardStream(IterableDataset):
 
     def __init__(self, urls: list[str], counts: list[int], decoder: SampleDecoder, *, train: bool, batch_size: int,
                  rank: int, world_size: int, seed: int, start_batch: int, shuffle_buffer: int, flip: bool,
-                 limit: int | None, num_workers: int):
+                 limit: int | None, num_workers: int, allow_pipe: bool = False):
         super().__init__()
+        self.allow_pipe = allow_pipe
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -226,7 +232,7 @@ class _ShardStream(IterableDataset):
         """(key, files, global index) of the unit's samples in stored order, undecoded."""
         url = self.urls[unit.shard]
         n = 0
-        with openers.open_url(url) as f:
+        with openers.open_url(url, allow_pipe=self.allow_pipe) as f:
             for j, (key, files) in enumerate(iter_tar_samples(f, url)):
                 n = j + 1
                 if j % unit.nparts == unit.part:
@@ -344,7 +350,7 @@ def train_batches(data_cfg, spec: DatasetSpec, *, batch_size: int, rank: int, wo
     stream = _ShardStream(urls, counts, _decoder(data_cfg, spec), train=True, batch_size=batch_size, rank=rank,
                           world_size=world_size, seed=seed, start_batch=start_batch,
                           shuffle_buffer=data_cfg.shuffle_buffer, flip=data_cfg.flip, limit=None,
-                          num_workers=workers)
+                          num_workers=workers, allow_pipe=bool(getattr(data_cfg, "allow_pipe", False)))
     return _loader(stream, workers)
 
 
@@ -361,7 +367,7 @@ def eval_batches(data_cfg, spec: DatasetSpec, *, batch_size: int, rank: int = 0,
     workers = data_cfg.num_workers if num_workers is None else num_workers
     stream = _ShardStream(urls, counts, _decoder(data_cfg, spec), train=False, batch_size=batch_size, rank=rank,
                           world_size=world_size, seed=0, start_batch=0, shuffle_buffer=0, flip=False, limit=limit,
-                          num_workers=workers)
+                          num_workers=workers, allow_pipe=bool(getattr(data_cfg, "allow_pipe", False)))
     return _loader(stream, workers)
 
 

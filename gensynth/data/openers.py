@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from gensynth.errors import DataError
+from gensynth.url_safety import COMMAND_PREFIXES, refusal
 
 REMOTE_SCHEMES = ("http://", "https://", "s3://", "gs://", "gcs://")
 
@@ -26,7 +27,7 @@ def is_remote(url: str) -> bool:
 
 
 def is_pipe(url: str) -> bool:
-    return url.startswith("pipe:")
+    return url.strip().startswith(COMMAND_PREFIXES)
 
 
 def local_path(url: str) -> Path | None:
@@ -85,8 +86,13 @@ class _PipeStream:
         self.close()
 
 
-def open_url(url: str) -> IO[bytes]:
-    """Open ``url`` for binary reading; DataError naming the URL when it does not exist or fails."""
+def open_url(url: str, *, allow_pipe: bool = False) -> IO[bytes]:
+    """Open ``url`` for binary reading; DataError naming the URL when it does not exist or fails.
+
+    ``pipe:COMMAND`` runs COMMAND only with ``allow_pipe`` (the user's own data.root with data.allow_pipe=true);
+    otherwise it is refused: URLs from cards, checkpoints and other files never start a process."""
+    if is_pipe(url) and not allow_pipe:
+        raise DataError(refusal(url))
     path = local_path(url)
     if path is not None:
         try:
@@ -94,7 +100,7 @@ def open_url(url: str) -> IO[bytes]:
         except OSError as exc:
             raise DataError(f"cannot open {path}: {exc.strerror or exc}") from None
     if is_pipe(url):
-        return _PipeStream(url)  # type: ignore[return-value]
+        return _PipeStream(url.strip())  # type: ignore[return-value]
     if url.startswith(("http://", "https://")):
         try:
             return urllib.request.urlopen(url, timeout=60)  # noqa: S310 (http(s) only)

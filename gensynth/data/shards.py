@@ -282,6 +282,17 @@ def make_card(spec: DatasetSpec, split: str, shards: list[dict], histogram: np.n
     }
 
 
+def check_card_shard_names(card: dict, where: str) -> None:
+    """DataError naming the card when a shard entry is not a plain file name (a card only names files beside it:
+    never a path elsewhere, a URL or a ``pipe:`` command)."""
+    for entry in card.get("shards") or []:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if (not isinstance(name, str) or not name or "/" in name or "\\" in name or ":" in name
+                or name.startswith(".")):
+            raise DataError(f"{where}: shard entry {name!r} is not a file name beside the card (a card may not name "
+                            f"paths, URLs or commands)")
+
+
 def write_json_atomic(path: Path, doc: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=False))
