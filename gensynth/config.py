@@ -247,7 +247,7 @@ def build_config(layers: list[tuple[str, dict[str, Any]]]) -> tuple[RunConfig, d
         raise ConfigError(format_validation_error(exc, provenance=provenance)) from None
     full = {k: "default" for k in flatten(cfg.model_dump())}
     full.update(provenance)
-    from gensynth.url_safety import check_command_sources
+    from gensynth.trust import check_command_sources
 
     check_command_sources(cfg, full)
     return cfg, full

@@ -204,3 +204,17 @@ def test_card_naming_a_command_or_path_is_refused(tmp_path):
         with pytest.raises(DataError, match=r"demo-val.card.json: shard entry .* is not a file name beside the card"):
             resolve_shards(DataConfig(root=str(tmp_path)), DemoSpec(), "val")
     assert not marker.exists()
+
+
+def test_torchscript_segmenter_named_by_a_checkpoint_is_not_loaded(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)
+    for ck in list_checkpoints(run / "checkpoints"):
+        meta = json.loads((ck / "meta.json").read_text())
+        meta["config"]["eval"].update(segmenter="torchscript", segmenter_options={"path": str(tmp_path / "x.pt")})
+        (ck / "meta.json").write_text(json.dumps(meta))
+        write_checksums(ck)
+    r = CliRunner().invoke(cli, ["evaluate", "-c", str(run), "--metrics", "miou", "--device", "cpu"])
+    assert r.exit_code == 2
+    assert f"eval.segmenter_options.path '{tmp_path / 'x.pt'}' (from " in r.output and "meta.json) names a " \
+        "TorchScript program" in r.output

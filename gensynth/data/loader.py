@@ -31,7 +31,7 @@ from gensynth.data.raw_cache import ensure_cached, target_size
 from gensynth.data.shards import card_filename, check_card_shard_names, iter_tar_samples
 from gensynth.data.transforms import Sample, SampleDecoder
 from gensynth.errors import DataError
-from gensynth.url_safety import refusal, runs_command
+from gensynth.trust import refusal, runs_command
 from gensynth.interfaces import Condition, DatasetSpec, check_label_range, instance_edges, one_hot
 
 

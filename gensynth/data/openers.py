@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from gensynth.errors import DataError
-from gensynth.url_safety import COMMAND_PREFIXES, refusal
+from gensynth.trust import COMMAND_PREFIXES, refusal
 
 REMOTE_SCHEMES = ("http://", "https://", "s3://", "gs://", "gcs://")
 

@@ -1,4 +1,7 @@
-"""URLs that run a command (``pipe:CMD``), and where gensynth accepts them from.
+"""Values that run a command or load a program, and where gensynth accepts them from.
+
+``pipe:CMD`` data roots start a shell; a TorchScript segmenter (``eval.segmenter=torchscript``) loads a
+program. Both are accepted only from the user's own command line or YAML.
 
 A ``pipe:`` data root starts a shell. gensynth runs one only when the user typed it themselves, on the
 command line or in their own YAML (``--config``), AND opted in with ``data.allow_pipe=true`` there too.
@@ -43,9 +46,16 @@ def refusal(url: str, where: str | None = None) -> str:
 
 
 def check_command_sources(cfg, provenance: dict[str, str]) -> None:
-    """ConfigError unless a command in ``data.root`` and ``data.allow_pipe=true`` both come from the user.
+    """ConfigError unless a command in ``data.root`` and ``data.allow_pipe=true`` both come from the user, and a
+    TorchScript segmenter file was named by the user.
 
     cfg: a RunConfig; provenance: dotted key -> source label (see gensynth.config.build_config)."""
+    if cfg.eval.segmenter == "torchscript" and cfg.eval.segmenter_options.get("path") is not None:
+        src = provenance.get("eval.segmenter_options.path")
+        if not typed_by_user(src):
+            raise ConfigError(f"eval.segmenter_options.path {cfg.eval.segmenter_options['path']!r} (from {src}) names "
+                              f"a TorchScript program; gensynth loads one only when you name it yourself "
+                              f"(--set eval.segmenter_options.path=FILE)")
     root = cfg.data.root
     allow_src = provenance.get("data.allow_pipe")
     if cfg.data.allow_pipe and not typed_by_user(allow_src):
