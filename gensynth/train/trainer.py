@@ -27,7 +27,8 @@ from gensynth.errors import CheckpointError, ConfigError, GensynthError
 from gensynth.method import unwrap
 from gensynth.nn.grad_buffer import release_gradient_buffers
 from gensynth.train import distributed as dist_util
-from gensynth.train.ema import EMA, has_batchnorm, refresh_bn_stats, state_is_finite
+from gensynth.train.ema import (EMA, entries_changed_by_refresh, has_batchnorm, refreshed_copy, restore_entries,
+                                state_is_finite)
 from gensynth.train.init_from import InitReport, load_matching
 from gensynth.train.logging import MetricsLog, ProgressDisplay
 from gensynth.train.precision import autocast, make_scaler
@@ -258,6 +259,8 @@ class Trainer:
         self.scaler_d.load_state_dict(ts["scaler_d"])
         if self.ema is not None and "ema" in ts:
             self.ema.load_state_dict(ts["ema"])
+        if self.ema is not None and ts.get("ema_unrefreshed"):  # the EMA as training left it, before its BN refresh
+            restore_entries(self.ema.module, ts["ema_unrefreshed"], str(ckpt.path / "training_state.pt"))
         self.best, self.best_step = ts.get("best"), ts.get("best_step")
         ranks = ts.get("ranks", [])
         if len(ranks) == self.dist.world_size:
@@ -355,7 +358,7 @@ class Trainer:
         self.sched_g.step()
         self.sched_d.step()
         self.step += 1
-        self._refreshed_at = None
+        self._refreshed_at, self._refreshed = None, None
 
     # ------------------------------------------------------------------------------ checks and logs
     def _sync_losses(self) -> dict[str, float]:
@@ -402,10 +405,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ EMA, samples, eval
     def _eval_generator(self) -> torch.nn.Module:
-        """The generator used for samples, evaluation and inference: the (BN-refreshed) EMA, else G."""
+        """The generator used for samples, evaluation and inference: the EMA (a BN-refreshed copy of it), else G.
+
+        The refresh works on a copy, cached for the current step: the EMA itself never sees it."""
         if self.ema is None:
             return self.G
-        if self._refreshed_at != self.step and self.cfg.trainer.bn_refresh_batches > 0 and has_batchnorm(self.ema.module):
+        if self.cfg.trainer.bn_refresh_batches <= 0 or not has_batchnorm(self.ema.module):
+            self.ema.module.eval()
+            return self.ema.module
+        if self._refreshed_at != self.step or self._refreshed is None:
+            self._refreshed = None  # free the previous copy first
             with isolated_rng(self.device):
                 torch.manual_seed(self.cfg.trainer.seed + 7919 + self.step + 104729 * self.dist.rank)
                 # in this process (num_workers=0): a few batches do not pay for starting worker processes
@@ -413,10 +422,12 @@ class Trainer:
                                                world_size=self.dist.world_size,
                                                seed=self.cfg.trainer.seed + 7919 + self.step, num_workers=0)
                 conds = (self._conditions(next(it))[1] for _ in range(self.cfg.trainer.bn_refresh_batches))
-                refresh_bn_stats(self.ema.module, conds, self.dist)
-        self._refreshed_at = self.step
-        self.ema.module.eval()
-        return self.ema.module
+                self._refreshed = refreshed_copy(self.ema.module, conds, self.dist)
+            self._refreshed_at = self.step
+        self._refreshed.eval()
+        return self._refreshed
+
+    _refreshed: torch.nn.Module | None = None
 
     def _sample_batch(self):
         if self._sample_cache is None:
@@ -501,6 +512,9 @@ class Trainer:
             "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
             "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else {}, "best": self.best,
+            "ema_unrefreshed": (entries_changed_by_refresh(self.ema.module, self._refreshed)
+                                if self.ema is not None and self._refreshed is not None
+                                and self._refreshed_at == self.step else {}),
             "best_step": self.best_step, "world_size": self.dist.world_size, "ranks": ranks,
         }
 
@@ -508,10 +522,10 @@ class Trainer:
         self._sync_losses_keep()  # never save weights produced by a non-finite loss
         dist_util.average_bn_buffers(self.G, self.dist)
         dist_util.average_bn_buffers(self.D, self.dist)
-        self._eval_generator()  # BN refresh of the EMA (averaged over ranks)
+        ema_for_inference = self._eval_generator()  # a BN-refreshed copy of the EMA (averaged over ranks)
         modules = {"generator": self.G, "discriminator": self.D}
         if self.ema is not None:
-            modules["generator_ema"] = self.ema.module
+            modules["generator_ema"] = ema_for_inference
         bad = [name for name, m in modules.items() if not state_is_finite(m)]
         if bad:
             raise NonFiniteLossError(f"non-finite weights in {', '.join(bad)} at step {self.step}; checkpoint not "
