@@ -141,7 +141,8 @@ def test_signal_then_resume_equals_uninterrupted(tmp_path, tiny_cache, signame):
     done = subprocess.run([sys.executable, "-c", _RESUME_AND_REFERENCE, json.dumps(resumed), json.dumps(reference)],
                           env=_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == [str(total), str(total)]
+    # (a first conversion of the demo shards may print its progress before the two step counts)
+    assert [line for line in done.stdout.split() if line.isdigit()] == [str(total), str(total)]
     a, b = load_checkpoint(run), load_checkpoint(tmp_path / "ref")
     assert a.step == b.step == total
     for name in ("generator", "generator_ema", "discriminator"):

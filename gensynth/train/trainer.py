@@ -32,6 +32,7 @@ from gensynth.train.ema import (EMA, entries_changed_by_refresh, has_batchnorm, 
 from gensynth.train.init_from import InitReport, load_matching
 from gensynth.train.logging import MetricsLog, ProgressDisplay
 from gensynth.train.precision import autocast, make_scaler
+from gensynth.train.run_lock import RunLock
 from gensynth.train.samples import make_grid, palette, save_png
 from gensynth.train.schedule import make_scheduler
 from gensynth.train.signals import StopRequest
@@ -105,6 +106,12 @@ class Trainer:
         cfg = self.cfg
         self.dist = dist_util.setup(cfg.trainer.device)
         d = self.dist
+        if d.is_main:  # one trainer per run directory (released in run())
+            self._lock = RunLock(self.run_dir).acquire()
+            if self._lock.taken_over:
+                (self.console or Console(stderr=True)).print(
+                    f"[yellow]warning:[/] took over the lock of {self.run_dir} from {self._lock.taken_over}, which "
+                    f"is no longer running", highlight=False)
         self.device = d.device
         self.loader = _load_data_api()
         self.parts: Parts = resolve_parts(cfg)
@@ -184,6 +191,7 @@ class Trainer:
             self.progress.message(f"resuming {self.run_dir} from {resumed.path.name} (step {self.step})")
 
     _init_report: InitReport | None = None
+    _lock: RunLock | None = None
     _d_trainable: list | None = None
 
     def _total_steps(self) -> int:
@@ -522,6 +530,8 @@ class Trainer:
         self._sync_losses_keep()  # never save weights produced by a non-finite loss
         dist_util.average_bn_buffers(self.G, self.dist)
         dist_util.average_bn_buffers(self.D, self.dist)
+        if self.ema is not None:  # its BN buffers are blended from each rank's G: made identical like G's
+            dist_util.average_bn_buffers(self.ema.module, self.dist)
         ema_for_inference = self._eval_generator()  # a BN-refreshed copy of the EMA (averaged over ranks)
         modules = {"generator": self.G, "discriminator": self.D}
         if self.ema is not None:
@@ -593,6 +603,8 @@ class Trainer:
             torch.use_deterministic_algorithms(prev_det)
             if hasattr(self, "dist"):
                 dist_util.teardown(self.dist)
+            if self._lock is not None:
+                self._lock.release()
 
     def _loop(self, stop: StopRequest) -> TrainResult:
         t = self.cfg.trainer
