@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,9 +38,35 @@ class ConvertOptions:
 _WORKER_STATE: dict[str, Any] = {}
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _init_worker(spec: DatasetSpec, root: str, split: str, resize) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER_STATE.update(spec=spec, root=root, split=split, resize=resize)
+
+
+def _init_pool_worker(spec: DatasetSpec, root: str, split: str, resize) -> None:
+    """A pool worker's own signal handling, never the parent's: SIGTERM ends it (as ``Pool.terminate`` expects;
+    the trainer's handler would only note a stop request and the pool's shutdown would wait forever), SIGINT is
+    left to the parent (Ctrl-C reaches the whole process group). Signals were blocked at the fork: unblocked here."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    _init_worker(spec, root, split, resize)
+
+
+def _start_pool(workers: int, initargs: tuple):
+    """Worker processes that do not inherit the caller's SIGTERM/SIGINT handlers (see _init_pool_worker).
+
+    SIGTERM and SIGINT are blocked while the workers are forked, so none arrives before a worker has reset its
+    handlers; a signal meant for the caller in that moment is delivered to it when they are unblocked."""
+    ctx = mp.get_context("spawn" if os.environ.get("GENSYNTH_MP_SPAWN") else None)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        return ctx.Pool(workers, initializer=_init_pool_worker, initargs=initargs)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _work(item) -> tuple[str, Any, str]:
@@ -106,8 +133,7 @@ def convert(spec: DatasetSpec, root: str | None, split: str, out: str | Path, op
                         TimeRemainingColumn(), console=console, disable=not opts.progress, transient=False)
     try:
         if use_pool:
-            ctx = mp.get_context("spawn" if os.environ.get("GENSYNTH_MP_SPAWN") else None)
-            pool = ctx.Pool(opts.workers, initializer=_init_worker, initargs=(spec, root, split, opts.resize))
+            pool = _start_pool(opts.workers, (spec, root, split, opts.resize))
             results = pool.imap(_work, spec.list_raw(root, split), chunksize=1)
         else:
             results = _sequential(spec, root, split, opts)
