@@ -63,10 +63,28 @@ def _add_plugin_commands() -> None:
     _plugin_commands_added = True
     from gensynth.plugins import get_host
 
-    get_host().pm.hook.register_commands(cli=cli)
+    get_host().add_commands(cli)
+
+
+def _show_plugin_warnings_as_one_line() -> None:
+    """A skipped plugin is one yellow line on stderr (not Python's two-line warning with source)."""
+    import warnings
+
+    from gensynth.plugins import PluginWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PluginWarning):
+            Console(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def main(argv: list[str] | None = None) -> None:
+    _show_plugin_warnings_as_one_line()
     try:
         _add_plugin_commands()
     except GensynthError as exc:
