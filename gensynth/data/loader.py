@@ -30,7 +30,7 @@ from gensynth.data import openers
 from gensynth.data.raw_cache import ensure_cached, target_size
 from gensynth.data.shards import card_filename, check_card_shard_names, iter_tar_samples
 from gensynth.data.transforms import Sample, SampleDecoder
-from gensynth.errors import DataError
+from gensynth.errors import DataError, GensynthError
 from gensynth.trust import refusal, runs_command
 from gensynth.interfaces import Condition, DatasetSpec, check_label_range, instance_edges, one_hot
 
@@ -228,21 +228,21 @@ class _ShardStream(IterableDataset):
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     # -- reading ---------------------------------------------------------------------------
-    def _read_unit(self, unit: Unit) -> Iterator[tuple[str, dict, int]]:
-        """(key, files, global index) of the unit's samples in stored order, undecoded."""
+    def _read_unit(self, unit: Unit) -> Iterator[tuple[str, dict, int, str]]:
+        """(key, files, global index, shard URL) of the unit's samples in stored order, undecoded."""
         url = self.urls[unit.shard]
         n = 0
         with openers.open_url(url, allow_pipe=self.allow_pipe) as f:
             for j, (key, files) in enumerate(iter_tar_samples(f, url)):
                 n = j + 1
                 if j % unit.nparts == unit.part:
-                    yield key, files, int(self.offsets[unit.shard]) + j
+                    yield key, files, int(self.offsets[unit.shard]) + j, url
         if n != self.counts[unit.shard]:
             raise DataError(f"{url}: holds {n} samples but the dataset card says {self.counts[unit.shard]} "
                             f"(re-convert or check with `gensynth datasets inspect`)")
 
-    def _decode(self, key: str, files: dict, flip: bool) -> Sample:
-        return self.decoder(key, files, flip=flip, where=key)
+    def _decode(self, key: str, files: dict, flip: bool, url: str) -> Sample:
+        return self.decoder(key, files, flip=flip, where=url)
 
     # -- training --------------------------------------------------------------------------
     def _epoch_units(self, epoch: int, slot: int) -> list[Unit]:
@@ -250,7 +250,7 @@ class _ShardStream(IterableDataset):
         per_slot = math.ceil(len(self.units) / self.slots)
         return [self.units[order[(slot + i * self.slots) % len(self.units)]] for i in range(per_slot)]
 
-    def _shuffled(self, units: list[Unit], rng: np.random.Generator) -> Iterator[tuple[str, dict, int]]:
+    def _shuffled(self, units: list[Unit], rng: np.random.Generator) -> Iterator[tuple[str, dict, int, str]]:
         buf: list = []
         for unit in units:
             for item in self._read_unit(unit):
@@ -276,10 +276,10 @@ class _ShardStream(IterableDataset):
                 continue
             flips = np.random.default_rng([self.seed, epoch, slot, 2]).random(n) < 0.5
             rng = np.random.default_rng([self.seed, epoch, slot, 1])
-            for pos, (key, files, _) in enumerate(self._shuffled(units, rng)):
+            for pos, (key, files, _, url) in enumerate(self._shuffled(units, rng)):
                 if pos < skip:
                     continue  # skipped before decoding
-                yield self._decode(key, files, bool(self.flip and flips[pos]))
+                yield self._decode(key, files, bool(self.flip and flips[pos]), url)
             skip = 0
             epoch += 1
 
@@ -290,12 +290,21 @@ class _ShardStream(IterableDataset):
                 continue
             if self.limit is not None and self.offsets[unit.shard] >= self.limit:
                 continue
-            for key, files, g in self._read_unit(unit):
+            for key, files, g, url in self._read_unit(unit):
                 if self.limit is None or g < self.limit:
-                    yield self._decode(key, files, False)
+                    yield self._decode(key, files, False, url)
 
     # -- batching --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
+        if get_worker_info() is None:
+            yield from self._batches()
+            return
+        try:
+            yield from self._batches()
+        except GensynthError as exc:  # handed to the main process as is (no "Caught ... in DataLoader worker" wall)
+            yield _ErrorInWorker(exc)
+
+    def _batches(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if workers != self.num_workers:
@@ -319,6 +328,13 @@ class _ShardStream(IterableDataset):
             yield collate(chunk)
 
 
+class _ErrorInWorker:
+    """A gensynth error raised in a DataLoader worker, sent to the main process to be raised there unchanged."""
+
+    def __init__(self, exc: GensynthError):
+        self.exc = exc
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -329,7 +345,10 @@ def _loader(stream: _ShardStream, num_workers: int) -> Iterator[Batch]:
         return
     dl = DataLoader(stream, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init,
                     prefetch_factor=2, pin_memory=torch.cuda.is_available(), persistent_workers=False)
-    yield from dl
+    for item in dl:
+        if isinstance(item, _ErrorInWorker):
+            raise item.exc
+        yield item
 
 
 def _decoder(data_cfg, spec: DatasetSpec) -> SampleDecoder:
