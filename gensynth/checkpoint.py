@@ -170,9 +170,12 @@ def save_checkpoint(directory: str | Path, *, models: dict[str, dict[str, Tensor
     for key in ("config", "step"):
         if key not in meta:
             raise CheckpointError(f"checkpoint {directory}: meta must include {key!r}")
-    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise CheckpointError(_write_error(directory, exc)) from None
     try:
         files: dict[str, str] = {}
         for name, state in models.items():
@@ -202,10 +205,26 @@ def save_checkpoint(directory: str | Path, *, models: dict[str, dict[str, Tensor
         _fsync_dir(directory.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":  # disk full, read-only, quota
+            raise CheckpointError(_write_error(directory, exc)) from None
         raise
     return directory
+
+
+def _write_error(directory: Path, exc: BaseException) -> str:
+    """One line for a failed checkpoint write: the path and the system's reason (e.g. No space left on device)."""
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        reason = exc.strerror or str(exc)
+    else:  # safetensors reports the OS error inside its own message
+        where, reason = "", " ".join(str(exc).split())
+        for text in ("No space left on device", "Read-only file system", "Disk quota exceeded", "Permission denied"):
+            if text in reason:
+                reason = f"{text} ({reason})"
+                break
+    return f"cannot write checkpoint {directory}{where}: {reason}; the previous checkpoints are untouched"
 
 
 # --------------------------------------------------------------------------------------------

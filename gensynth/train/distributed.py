@@ -38,11 +38,9 @@ def launched_by_torchrun() -> bool:
 
 def pick_device(spec: str, local_rank: int) -> torch.device:
     """trainer.device ("auto", "cpu", "cuda", "cuda:1") -> a device; under DDP "auto"/"cuda" use cuda:local_rank."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        spec = f"cuda:{local_rank}"
-    device = torch.device(spec)
+    from gensynth.devices import resolve_device
+
+    device = resolve_device(spec, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device

@@ -21,7 +21,11 @@ from gensynth.errors import GensynthError
 LOCK_FILE = "run.lock"
 
 
-class RunDirBusyError(GensynthError):
+class RunDirError(GensynthError):
+    """The run directory cannot be created or locked (read-only, disk full ...)."""
+
+
+class RunDirBusyError(RunDirError):
     """Another trainer holds the run directory."""
 
 
@@ -67,13 +71,13 @@ class RunLock:
             self._created_dir = not self.run_dir.exists()
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise RunDirBusyError(f"cannot create run directory {self.run_dir}: {exc.strerror or exc}") from None
+            raise RunDirError(f"cannot create run directory {self.run_dir}: {exc.strerror or exc}") from None
         host = socket.gethostname()
         for _ in range(20):  # another process may replace the file between open and flock: retry
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise RunDirBusyError(f"cannot create the run lock {self.path}: {exc.strerror or exc}") from None
+                raise RunDirError(f"cannot create the run lock {self.path}: {exc.strerror or exc}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -94,11 +98,15 @@ class RunLock:
             previous = _read_holder(fd)
             if previous and previous.get("pid") != os.getpid():
                 self.taken_over = _describe(previous)
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, json.dumps({"pid": os.getpid(), "host": host, "started": time.time()}).encode())
-            os.fsync(fd)
             self._fd = fd
+            try:
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, json.dumps({"pid": os.getpid(), "host": host, "started": time.time()}).encode())
+                os.fsync(fd)
+            except OSError as exc:
+                self.release()
+                raise RunDirError(f"cannot write the run lock {self.path}: {exc.strerror or exc}") from None
             return self
         raise RunDirBusyError(f"cannot lock run directory {self.run_dir}: {self.path} keeps changing")
 

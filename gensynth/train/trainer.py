@@ -60,6 +60,10 @@ _RESUME_FREE = ("trainer.steps", "trainer.epochs", "trainer.run_dir", "trainer.l
                 "data.root", "data.num_workers", "data.cache_dir", "eval.")
 
 
+# what a training_state.pt must hold to be resumed from
+_TRAINING_STATE_KEYS = ("step", "optim_g", "optim_d", "sched_g", "sched_d", "scaler_g", "scaler_d")
+
+
 def default_run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.trainer.run_dir) if cfg.trainer.run_dir else Path("runs") / f"{cfg.model.preset}-{cfg.data.name}"
 
@@ -258,13 +262,22 @@ class Trainer:
         ts = ckpt.training_state()
         if ts is None:
             raise CheckpointError(f"cannot resume from {ckpt.path}: it holds no training_state.pt")
-        self.step = int(ts["step"])
-        self.opt_g.load_state_dict(ts["optim_g"])
-        self.opt_d.load_state_dict(ts["optim_d"])
-        self.sched_g.load_state_dict(ts["sched_g"])
-        self.sched_d.load_state_dict(ts["sched_d"])
-        self.scaler_g.load_state_dict(ts["scaler_g"])
-        self.scaler_d.load_state_dict(ts["scaler_d"])
+        where = ckpt.path / "training_state.pt"
+        missing = [k for k in _TRAINING_STATE_KEYS if not isinstance(ts, dict) or k not in ts]
+        if missing:
+            raise CheckpointError(f"cannot resume from {where}: it lacks {', '.join(missing)} (not a complete "
+                                  f"gensynth training state); resume from another checkpoint or use --init-from")
+        try:
+            self.step = int(ts["step"])
+            self.opt_g.load_state_dict(ts["optim_g"])
+            self.opt_d.load_state_dict(ts["optim_d"])
+            self.sched_g.load_state_dict(ts["sched_g"])
+            self.sched_d.load_state_dict(ts["sched_d"])
+            self.scaler_g.load_state_dict(ts["scaler_g"])
+            self.scaler_d.load_state_dict(ts["scaler_d"])
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+            raise CheckpointError(f"cannot resume from {where}: its optimiser/schedule state does not fit this "
+                                  f"run ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
         if self.ema is not None and "ema" in ts:
             self.ema.load_state_dict(ts["ema"])
         if self.ema is not None and ts.get("ema_unrefreshed"):  # the EMA as training left it, before its BN refresh
@@ -592,19 +605,21 @@ class Trainer:
             self._setup()
             return self._loop(stop)
         finally:
-            stop.close()
-            for model in (getattr(self, "G", None), getattr(self, "D", None)):
-                if model is not None:
-                    release_gradient_buffers(model)  # the kept gradient memory is for training only
-            if self.progress is not None:
-                self.progress.close()
-            if self.log is not None:
-                self.log.close()
-            torch.use_deterministic_algorithms(prev_det)
-            if hasattr(self, "dist"):
-                dist_util.teardown(self.dist)
-            if self._lock is not None:
-                self._lock.release()
+            try:
+                stop.close()
+                for model in (getattr(self, "G", None), getattr(self, "D", None)):
+                    if model is not None:
+                        release_gradient_buffers(model)  # the kept gradient memory is for training only
+                if self.progress is not None:
+                    self.progress.close()
+                if self.log is not None:
+                    self.log.close()
+                torch.use_deterministic_algorithms(prev_det)
+                if hasattr(self, "dist"):
+                    dist_util.teardown(self.dist)
+            finally:
+                if self._lock is not None:  # also when closing the logs fails (disk full)
+                    self._lock.release()
 
     def _loop(self, stop: StopRequest) -> TrainResult:
         t = self.cfg.trainer
