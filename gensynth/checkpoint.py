@@ -438,10 +438,23 @@ def prune_checkpoints(root: str | Path, keep_last: int, protect: list[Path | Non
             continue
         shutil.rmtree(p, ignore_errors=True)
         deleted.append(p)
+    remove_interrupted_writes(root)
+    return deleted
+
+
+def remove_interrupted_writes(root: str | Path) -> list[Path]:
+    """Remove what interrupted saves left in a run's ``checkpoints/``: ``.step_*.tmp-*`` / ``.old-*`` directories and
+    ``.LATEST.tmp-*`` / ``.BEST.tmp-*`` files. Only call it while holding the run (no save in progress)."""
+    root = Path(root)
+    removed = []
     for p in root.iterdir() if root.is_dir() else []:
         if p.is_dir() and p.name.startswith(".step_") and (".tmp-" in p.name or ".old-" in p.name):
             shutil.rmtree(p, ignore_errors=True)
-    return deleted
+            removed.append(p)
+        elif p.is_file() and p.name.startswith((f".{LATEST}.tmp-", f".{BEST}.tmp-")):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def tree_to_meta(value: Any) -> Any:

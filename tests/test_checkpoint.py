@@ -274,3 +274,18 @@ def test_a_plain_weights_file_is_not_taken_for_a_checkpoint(tmp_path):
     torch.save({"fc.weight": torch.zeros(1)}, f)
     with pytest.raises(CheckpointError, match=r"best_G.pth is a file, not a gensynth checkpoint.*import-official"):
         load_checkpoint(f)
+
+
+def test_leftovers_of_interrupted_saves_are_removed(tmp_path):
+    from gensynth.checkpoint import remove_interrupted_writes
+
+    root = tmp_path / "checkpoints"
+    _save(root, 1)
+    (root / ".LATEST.tmp-1a2b3c4d").write_text("step_00000002\n")
+    (root / ".BEST.tmp-00000000").write_text("x")
+    (root / ".step_00000002.tmp-99-abcdef12").mkdir()
+    (root / ".step_00000001.old-abcdef12").mkdir()
+    removed = remove_interrupted_writes(root)
+    assert sorted(p.name for p in removed) == [".BEST.tmp-00000000", ".LATEST.tmp-1a2b3c4d",
+                                               ".step_00000001.old-abcdef12", ".step_00000002.tmp-99-abcdef12"]
+    assert sorted(p.name for p in root.iterdir()) == ["LATEST", "step_00000001"]

@@ -96,3 +96,46 @@ def test_cli_prints_the_workers_message_not_a_traceback_wall(tmp_path):
     assert "Traceback" not in r.stderr and "Caught" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {shard}: sample 'demo_000005' has label value 200, not one of the demo ids"], r.stderr
+
+
+def test_cardless_shard_cut_at_a_sample_boundary_is_an_error(tmp_path):
+    import tarfile
+
+    shard = _shards(tmp_path, None)
+    (tmp_path / "demo-val.card.json").unlink()
+    with tarfile.open(shard) as tar:
+        cut = next(m.offset for m in tar.getmembers() if m.name.startswith("demo_000006."))
+    shard.write_bytes(shard.read_bytes()[:cut])  # whole samples demo_000004 and demo_000005, then nothing
+    cfg = DataConfig(name="demo", root=str(tmp_path), size=(16, 16), num_workers=0)
+    with pytest.warns(UserWarning, match="no dataset card"), pytest.raises(DataError) as err:
+        list(eval_batches(cfg, DemoSpec(), batch_size=2))
+    assert str(err.value) == (f"{shard}: the shard stops after sample 'demo_000005' without the tar end-of-archive "
+                              f"marker (cut short?); re-create it, or publish a dataset card with its sample counts")
+
+
+def test_cardless_complete_shards_are_read(tmp_path):
+    _shards(tmp_path, None)
+    (tmp_path / "demo-val.card.json").unlink()
+    cfg = DataConfig(name="demo", root=str(tmp_path), size=(16, 16), num_workers=0)
+    with pytest.warns(UserWarning, match="no dataset card"):
+        assert sum(len(b) for b in eval_batches(cfg, DemoSpec(), batch_size=3)) == 8
+
+
+def test_failed_reconversion_keeps_the_previous_card_and_shards(tmp_path):
+    from test_data_convert import make_cityscapes, save_png
+
+    from gensynth.data.convert import ConvertOptions, convert
+    from gensynth_datasets.cityscapes import CityscapesSpec
+
+    make_cityscapes(tmp_path / "cs", n=3)
+    card = convert(CityscapesSpec(), str(tmp_path / "cs"), "train", tmp_path / "out",
+                   ConvertOptions(progress=False, shard_size=2))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    save_png(tmp_path / "cs/gtFine/train/aachen/aachen_000002_000019_gtFine_labelIds.png",
+             np.full((16, 32), 40, np.uint8))
+    with pytest.raises(DataError, match="label value 40"):
+        convert(CityscapesSpec(), str(tmp_path / "cs"), "train", tmp_path / "out",
+                ConvertOptions(progress=False, shard_size=1))
+    after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    assert after == before  # the good card and its shards, untouched; no staging directory left
+    assert json.loads(after["cityscapes-train.card.json"])["num_samples"] == card["num_samples"] == 3

@@ -71,3 +71,28 @@ def test_training_state_missing_keys_names_the_file(tiny_run, tiny_cache, tmp_pa
     latest = list_checkpoints(run / "checkpoints")[-1]
     assert (f"error: cannot resume from {latest / 'training_state.pt'}: it lacks optim_d, sched_g (not a complete "
             f"gensynth training state)") in " ".join(r.output.split())
+
+
+def test_damaged_checkpoint_warning_is_printed_once(tiny_run, tiny_cache, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import CHILD_ENV
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)
+    f = run / "checkpoints" / "step_00000006" / "generator.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    (run / "checkpoints" / ".LATEST.tmp-deadbeef").write_text("step_00000009\n")  # left by a killed save
+    args = []
+    for k, v in tiny_overrides(run, tiny_cache).items():
+        args += ["--set", f"{k}={json.dumps(v)}"]
+    r = subprocess.run([sys.executable, "-m", "gensynth", "train", *args], env={**os.environ, **CHILD_ENV},
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("skipped damaged checkpoint") == 1, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "skipped damaged checkpoint" in line]
+    assert warned[0].startswith("warning: skipped damaged checkpoint(s): checkpoint file ") and \
+        "step_00000006/generator.safetensors is damaged" in warned[0]
+    assert not (run / "checkpoints" / ".LATEST.tmp-deadbeef").exists()

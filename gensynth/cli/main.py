@@ -78,16 +78,15 @@ def _add_plugin_commands() -> None:
     get_host().add_commands(cli)
 
 
-def _show_plugin_warnings_as_one_line() -> None:
-    """A skipped plugin is one yellow line on stderr (not Python's two-line warning with source)."""
+def _show_gensynth_warnings_as_one_line() -> None:
+    """gensynth's own warnings (a skipped plugin, a damaged checkpoint passed over) are one yellow line on stderr,
+    not Python's two lines with the source."""
     import warnings
-
-    from gensynth.plugins import PluginWarning
 
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, PluginWarning):
+        if category.__module__.split(".")[0] == "gensynth":
             Console(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
         else:
             default(message, category, filename, lineno, file, line)
@@ -96,7 +95,7 @@ def _show_plugin_warnings_as_one_line() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    _show_plugin_warnings_as_one_line()
+    _show_gensynth_warnings_as_one_line()
     try:
         _add_plugin_commands()
     except GensynthError as exc:

@@ -81,7 +81,7 @@ def _scan_card(urls: list[str], spec: DatasetSpec, split: str, allow_pipe: bool 
     shards = []
     for url in urls:
         with openers.open_url(url, allow_pipe=allow_pipe) as f:
-            count = sum(1 for _ in iter_tar_samples(f, url))
+            count = sum(1 for _ in iter_tar_samples(f, url, require_end=True))
         shards.append({"name": url.rsplit("/", 1)[-1], "count": count})
     return {"dataset": spec.name, "split": split, "num_samples": sum(s["count"] for s in shards), "shards": shards}
 

@@ -20,8 +20,8 @@ from rich.console import Console
 
 from gensynth.build import Parts, build_discriminator, build_generator, build_method, resolve_parts
 from gensynth.checkpoint import (BEST, LATEST, Checkpoint, checkpoint_root, list_checkpoints, load_checkpoint,
-                                 prune_checkpoints, read_pointer, save_checkpoint, step_dir_name, write_pointer,
-                                 write_text_atomic)
+                                 prune_checkpoints, read_pointer, remove_interrupted_writes, save_checkpoint,
+                                 step_dir_name, write_pointer, write_text_atomic)
 from gensynth.config import RunConfig, dump_resolved, flatten
 from gensynth.errors import CheckpointError, ConfigError, GensynthError
 from gensynth.method import unwrap
@@ -207,6 +207,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ resume / init
     def _maybe_resume(self) -> Checkpoint | None:
+        if self.dist.is_main:  # this trainer holds the run lock: what an interrupted save left behind can go
+            remove_interrupted_writes(self.ckpt_root)
         has_any = bool(list_checkpoints(self.ckpt_root))
         if self.resume_mode is True and not has_any:
             raise CheckpointError(f"--resume: no checkpoint in {self.ckpt_root}")
@@ -218,10 +220,9 @@ class Trainer:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ckpt = load_checkpoint(self.run_dir)
-        for w in caught:
+        for w in caught:  # once, from the main process (the CLI shows it as one line)
             if self.dist.is_main:
-                (self.console or Console(stderr=True)).print(f"[yellow]warning:[/] {w.message}", highlight=False)
-            warnings.warn(w.message, w.category, stacklevel=2)
+                warnings.warn(w.message, w.category, stacklevel=2)
         self._check_resume_config(ckpt)
         self._load_weights(ckpt)
         return ckpt
