@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -127,11 +128,17 @@ def configure_spec(spec: DatasetSpec, data_cfg) -> DatasetSpec:
     local = openers.local_path(root)
     if local is not None and local.is_dir():
         return spec.for_root(local)
+    if openers.is_pipe(root):
+        raise DataError(f"data.root {root!r}: dataset {spec.name!r} reads its classes from the {CLASSES_FILE} beside "
+                        f"its shards, which a pipe: root does not have; give the shards' directory or URL")
     base = openers.dirname(_expand(root)[0]) if ("{" in root or root.endswith(".tar")) else root
     url = openers.join(base, CLASSES_FILE)
-    if not openers.is_pipe(root) and openers.exists(url):
+    if openers.exists(url):
         return spec.from_classes_text(openers.read_bytes(url).decode(), url)
-    return spec
+    if local is not None and not (local.exists() or Path(base).expanduser().is_dir()):
+        return spec  # a local root that does not exist: resolve_shards names it
+    raise DataError(f"{url} does not exist: dataset {spec.name!r} reads its classes from the {CLASSES_FILE} that "
+                    f"`gensynth datasets convert` writes beside the shards; copy it there with them")
 
 
 def resolve_shards(data_cfg, spec: DatasetSpec, split: str) -> tuple[list[str], dict]:
