@@ -7,12 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from gensynth.config import RunConfig
+from gensynth.contracts import (ContractError, check_discriminator_module, check_generator_module,
+                                check_objective_accepts, part_ref)
 from gensynth.errors import ConfigError, IncompatibleError
 from gensynth.interfaces import (Capability, DatasetSpec, Discriminator, Generator, LossTerm, ModelPreset,
                                  Objective, TrainingMethod, discriminator_capabilities)
+from gensynth.options import select_part_options, validate_part_options
 from gensynth.plugins import PluginHost, get_host
 
 
@@ -51,20 +52,9 @@ class Parts:
         return self.num_classes - 1 if self.dontcare_last else self.dataset.dontcare
 
 
-def _validate_options(entry, options: dict[str, Any], where: str) -> dict[str, Any]:
-    schema = entry.options
-    if schema is None:
-        return dict(options)
-    if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
-        return dict(options)
-    try:
-        return schema.model_validate(options).model_dump()
-    except ValidationError as exc:
-        lines = [f"invalid {where} for {entry.name!r}:"]
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {where}.{loc} = {err.get('input')!r}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+def part_options(options: dict[str, Any], name: str, registry) -> dict[str, Any]:
+    """The options of part ``name`` from a ``*_options`` mapping (its namespace over the flat keys)."""
+    return select_part_options(options, name, registry.names())
 
 
 def resolve_parts(cfg: RunConfig, host: PluginHost | None = None) -> Parts:
@@ -90,7 +80,7 @@ def resolve_parts(cfg: RunConfig, host: PluginHost | None = None) -> Parts:
     d_name = m.discriminator or preset.discriminator.name
     d_entry = host.registry("discriminators").entry(d_name)
     g_entry = host.registry("generators").entry(g_name)
-    d_cls = _discriminator_class(d_entry)
+    d_cls = discriminator_class(d_entry)
     o_name = m.objective or preset.objective.name
     if m.objective is None and d_cls is not None and d_name != preset.discriminator.name:
         o_cls = host.registry("objectives").get(o_name)
@@ -99,10 +89,14 @@ def resolve_parts(cfg: RunConfig, host: PluginHost | None = None) -> Parts:
             notes.append(f"objective {o_name!r} follows discriminator {d_name!r} "
                          f"(the preset's {preset.objective.name!r} cannot score its {d_cls.output_kind.value!r} output)")
     # options from the preset apply only when the part is the preset's own
-    g_opts = {**(preset.generator.options if g_name == preset.generator.name else {}), **m.generator_options}
-    d_opts = {**(preset.discriminator.options if d_name == preset.discriminator.name else {}), **m.discriminator_options}
-    o_opts = {**(preset.objective.options if o_name == preset.objective.name else {}), **m.objective_options}
-    o_entry = host.registry("objectives").entry(o_name)
+    g_reg, d_reg, o_reg = (host.registry(k) for k in ("generators", "discriminators", "objectives"))
+    g_opts = {**(preset.generator.options if g_name == preset.generator.name else {}),
+              **part_options(m.generator_options, g_name, g_reg)}
+    d_opts = {**(preset.discriminator.options if d_name == preset.discriminator.name else {}),
+              **part_options(m.discriminator_options, d_name, d_reg)}
+    o_opts = {**(preset.objective.options if o_name == preset.objective.name else {}),
+              **part_options(m.objective_options, o_name, o_reg)}
+    o_entry = o_reg.entry(o_name)
     loss_reg = host.registry("losses")
     losses: dict[str, float] = {}
     for name, weight in {**preset.losses, **m.losses}.items():
@@ -116,10 +110,13 @@ def resolve_parts(cfg: RunConfig, host: PluginHost | None = None) -> Parts:
                              f"{', '.join(c.value for c in _missing_capabilities(term_cls, d_cls))}")
                 continue
         losses[name] = float(weight)
-    parts = Parts(preset, dataset, g_name, _validate_options(g_entry, g_opts, "model.generator_options"),
-                  d_name, _validate_options(d_entry, d_opts, "model.discriminator_options"),
-                  o_name, _validate_options(o_entry, o_opts, "model.objective_options"), losses, dict(m.loss_options),
-                  notes)
+    loss_options = {name: validate_part_options(loss_reg.entry(name), m.loss_options.get(name, {}), "loss",
+                                                f"model.loss_options.{name}")
+                    for name in losses}
+    parts = Parts(preset, dataset, g_name, validate_part_options(g_entry, g_opts, "generator"),
+                  d_name, validate_part_options(d_entry, d_opts, "discriminator"),
+                  o_name, validate_part_options(o_entry, o_opts, "objective"), losses,
+                  {**dict(m.loss_options), **{k: v for k, v in loss_options.items() if v}}, notes)
     check_compatibility(parts, host)
     return parts
 
@@ -129,7 +126,9 @@ def _missing_capabilities(term_cls, d_cls) -> list[Capability]:
     return [c for c in term_cls.requires if c in (Capability.PIXEL_OUTPUT, Capability.FEATURES) and c not in caps]
 
 
-def _discriminator_class(entry) -> type[Discriminator] | None:
+def discriminator_class(entry) -> type[Discriminator] | None:
+    """The Discriminator class of a registry entry (its ``cls=`` or the registered class), or None for a factory
+    that does not declare it."""
     cls = entry.extra.get("cls") or entry.obj
     return cls if isinstance(cls, type) and issubclass(cls, Discriminator) else None
 
@@ -138,7 +137,7 @@ def check_compatibility(parts: Parts, host: PluginHost | None = None) -> None:
     """Reject combinations that cannot train, saying why and what would work."""
     host = host or get_host()
     d_reg, o_reg, l_reg = host.registry("discriminators"), host.registry("objectives"), host.registry("losses")
-    d_cls = _discriminator_class(d_reg.entry(parts.discriminator))
+    d_cls = discriminator_class(d_reg.entry(parts.discriminator))
     if d_cls is None:
         return  # a factory that does not declare its class: checked when built
     o_cls = o_reg.get(parts.objective)
@@ -154,7 +153,7 @@ def check_compatibility(parts: Parts, host: PluginHost | None = None) -> None:
         missing = _missing_capabilities(term_cls, d_cls)
         if missing:
             fitting = [n for n in d_reg.names()
-                       if (c := _discriminator_class(d_reg.entry(n))) and set(missing) <= discriminator_capabilities(c)]
+                       if (c := discriminator_class(d_reg.entry(n))) and set(missing) <= discriminator_capabilities(c)]
             raise IncompatibleError(
                 f"loss {name!r} needs {', '.join(c.value for c in missing)}, which discriminator "
                 f"{parts.discriminator!r} ({kind.value}) does not provide. Either drop it "
@@ -168,18 +167,28 @@ def check_compatibility(parts: Parts, host: PluginHost | None = None) -> None:
 
 
 def build_generator(parts: Parts, host: PluginHost | None = None, **overrides: Any) -> Generator:
+    """The generator of ``parts``; raises ContractError naming it when the factory returns no Generator."""
     host = host or get_host()
     factory = host.registry("generators").get(parts.generator)
-    return factory(num_classes=parts.num_classes, **{**parts.generator_options, **overrides})
+    g = factory(num_classes=parts.num_classes, **{**parts.generator_options, **overrides})
+    check_generator_module(g, part_ref(host, "generators", parts.generator), parts.num_classes)
+    return g
 
 
 def build_discriminator(parts: Parts, host: PluginHost | None = None, **overrides: Any) -> Discriminator:
+    """The discriminator of ``parts``; raises ContractError naming it when the factory returns no Discriminator
+    with a declared output kind, IncompatibleError when the objective cannot score that kind."""
     host = host or get_host()
     factory = host.registry("discriminators").get(parts.discriminator)
     d = factory(num_classes=parts.num_classes, **{**parts.discriminator_options, **overrides})
+    check_discriminator_module(d, part_ref(host, "discriminators", parts.discriminator), parts.num_classes)
     o_cls = host.registry("objectives").get(parts.objective)
     if d.output_kind not in o_cls.accepts:
-        raise IncompatibleError(f"objective {parts.objective!r} cannot score {parts.discriminator!r} ({d.output_kind.value})")
+        try:
+            check_objective_accepts(o_cls, d.output_kind, part_ref(host, "objectives", parts.objective),
+                                    part_ref(host, "discriminators", parts.discriminator))
+        except ContractError as exc:
+            raise IncompatibleError(f"{exc} (choose an objective with --objective NAME)") from None
     return d
 
 
@@ -215,3 +224,39 @@ def build_method(parts: Parts, host: PluginHost | None = None) -> TrainingMethod
 
 def count_parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def canonical_options(cfg: RunConfig, host: PluginHost | None = None) -> RunConfig:
+    """``cfg`` with each ``model.<part>_options`` reduced to the options that apply to the part in use (its
+    namespace over the flat keys): two configurations that give every part the same options compare equal however
+    they were written (resumption compares configurations). Unknown presets leave ``cfg`` as it is."""
+    host = host or get_host()
+    m = cfg.model
+    try:
+        preset = host.registry("models").get(m.preset)
+    except Exception:
+        return cfg
+    update = {}
+    for part, reg in (("generator", "generators"), ("discriminator", "discriminators"), ("objective", "objectives")):
+        name = getattr(m, part) or getattr(preset, part).name
+        update[f"{part}_options"] = part_options(getattr(m, f"{part}_options"), name, host.registry(reg))
+    return cfg.model_copy(update={"model": m.model_copy(update=update)})
+
+
+def parts_summary(parts: Parts) -> dict[str, Any]:
+    """The resolved parts as saved in a run's config.json (``parts``): names, validated options, the objective and
+    loss terms actually used, and the notes of resolving them."""
+    return {"generator": parts.generator, "generator_options": parts.generator_options,
+            "discriminator": parts.discriminator, "discriminator_options": parts.discriminator_options,
+            "objective": parts.objective, "objective_options": parts.objective_options,
+            "losses": dict(parts.losses), "loss_options": {k: parts.loss_options.get(k, {}) for k in parts.losses},
+            "notes": list(parts.notes)}
+
+
+def run_notes(parts: Parts, provenance: dict[str, str], host: PluginHost | None = None,
+              exclude: tuple[str, ...] = ()) -> list[str]:
+    """What resolving a run changed (objective switched, preset terms dropped) and deprecated keys it used: the
+    notes ``train`` and ``compare`` print before training (``exclude``: keys the command's own flags set)."""
+    from gensynth.options import deprecation_notes
+
+    return [*parts.notes, *deprecation_notes(provenance, host or get_host(), exclude)]

@@ -105,7 +105,7 @@ class VGGLossTerm(LossTerm):
 
 @hookimpl
 def register_losses(register):
-    register("vgg", VGGLossTerm, options=VGGLossOptions,
+    register("vgg", VGGLossTerm, options=VGGLossOptions, tiny={"random_init": True},
              description="VGG19 perceptual loss (weights from a local torchvision vgg19 file)")
 
 

@@ -80,7 +80,14 @@ class TrainerConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     seed: int = 42
     ema_decay: Optional[float] = Field(0.9999, ge=0, lt=1, description="None disables the EMA generator")
-    ema_warmup: bool = Field(True, description="decay min(decay, (1+t)/(10+t)) so short runs do not lag")
+    ema_warmup: bool = Field(True, description="decay min(decay, (1+t)/(10+t)) so short runs do not lag; the official "
+                                               "code uses a constant decay (--official-recipe)")
+    stable_start: bool = Field(True, description="spectral-norm weights of D start at unit scale with converged power "
+                                                 "iteration (same function) and D's learning rate warms up over "
+                                                 "stable_start_steps; keeps D from dying in its first steps "
+                                                 "(gensynth.train.stable_start); false = the official recipe")
+    stable_start_steps: int = Field(100, ge=0, description="steps of D's linear learning-rate warm-up under "
+                                                           "stable_start")
     bn_refresh_batches: int = Field(50, ge=0, description="batches to re-estimate the EMA generator's BN stats")
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(500, ge=1)
@@ -120,12 +127,34 @@ class EvalConfig(Section):
     stats_dir: Optional[str] = Field(None, description="cache of real-image FID statistics (default ~/.cache/gensynth)")
 
 
+class HealthConfig(Section):
+    """The training-health monitor (gensynth.train.health): what counts as a collapsed discriminator,
+    divergence, or a generator that ignores its labels or noise, and what to do about it."""
+
+    enabled: bool = Field(True, description="watch the run's health (one host synchronisation per check)")
+    every: int = Field(10, ge=1, description="steps between checks")
+    action: Literal["warn", "stop"] = Field(
+        "warn", description="warn: print and log the finding and go on; stop: save a checkpoint, then stop with "
+                            "an error naming the problem")
+    collapse_spread: float = Field(0.01, gt=0, description="D is collapsed when its logits vary less than this "
+                                                           "(std over pixels, images, real and fake) ...")
+    patience: int = Field(30, ge=1, description="... for this many consecutive steps (also for 'ignores labels')")
+    weight_growth: float = Field(1e4, gt=1, description="diverging: a model's parameter RMS (or a loss) grew by this "
+                                                        "factor since training (or this resumption) started")
+    label_ratio: float = Field(0.1, gt=0, description="G ignores its labels when the classes explain less than this "
+                                                      "fraction of the colour variance they explain in real images")
+    noise_ratio: float = Field(0.01, gt=0, description="G ignores its noise when two samples differ by less than this "
+                                                       "fraction of the images' own variation")
+    generator_grace: int = Field(500, ge=0, description="steps before the generator's label/noise use is judged")
+
+
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
 
     @model_validator(mode="after")
     def _micro_batch(self):
@@ -303,6 +332,11 @@ def _drop_swapped_part_options(layers: list[tuple[str, dict[str, Any]]], preset,
     return [(source, {k: v for k, v in flat.items() if keep(k)}) for source, flat in layers]
 
 
-def dump_resolved(cfg: RunConfig, provenance: dict[str, str], versions: dict[str, str]) -> dict[str, Any]:
-    """The document saved with every run: enough to repeat it."""
-    return {"config": cfg.model_dump(mode="json"), "provenance": provenance, "plugins": versions}
+def dump_resolved(cfg: RunConfig, provenance: dict[str, str], versions: dict[str, str],
+                  parts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The document saved with every run: enough to repeat it. ``parts``: the resolved parts
+    (:func:`gensynth.build.parts_summary`: the objective and loss terms actually used, with their options)."""
+    doc = {"config": cfg.model_dump(mode="json"), "provenance": provenance, "plugins": versions}
+    if parts is not None:
+        doc["parts"] = parts
+    return doc

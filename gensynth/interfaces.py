@@ -140,9 +140,11 @@ class DOutputKind(str, enum.Enum):
 class DiscriminatorOutput:
     """What a discriminator returns.
 
-    kind: which :class:`DOutputKind` ``logits`` holds.
-    logits: a tensor (PIXEL_CLASSES, PIXEL_BINARY, IMAGE) or a list over scales of tensors (PATCH).
-    features: per scale, the intermediate feature maps (for feature matching), or None.
+    kind: which :class:`DOutputKind` ``logits`` holds; the discriminator's declared ``output_kind``.
+    logits: PIXEL_CLASSES (B, N+1, H, W) and PIXEL_BINARY (B, 1, H, W) at the image's size; IMAGE (B, 1); PATCH a
+    list over scales of (B, 1, h, w) (a list even for one scale).
+    features: per scale, a list of intermediate (B, C, h, w) feature maps (for feature matching; as many scales as
+    PATCH logits), or None. :mod:`gensynth.contracts` checks all of this at the first training step.
     """
 
     kind: DOutputKind
@@ -374,6 +376,11 @@ class DatasetSpec(abc.ABC):
         """Config overrides this dataset brings (dotted keys), e.g. {'data.size': [256, 512]}."""
         return {}
 
+    def example_root(self) -> str | None:
+        """Optional: a directory with a few samples in this dataset's layout shipped with the plugin (e.g. via
+        ``importlib.resources``), read by ``gensynth plugins check`` and :mod:`gensynth.testing`. Default None."""
+        return None
+
 
 # --------------------------------------------------------------------------------------------
 # Model presets and training methods
@@ -418,11 +425,19 @@ class TrainingMethod(abc.ABC):
     ``d_losses`` and ``g_losses`` return named scalar losses; the trainer sums them, scales them for
     mixed precision and accumulation, runs backward and steps the optimisers. It owns everything
     else (devices, DDP, EMA, checkpoints, logging).
+
+    ``stats``: detached 0-d device tensors for the training-health monitor (:mod:`gensynth.train.health`),
+    refreshed by every step: ``d_spread`` (:func:`~gensynth.train.health.output_spread` of D's outputs in the
+    D step) and, when ``measure_images`` was set before the step, ``label_dependence`` and
+    ``label_dependence_real`` (:func:`~gensynth.train.health.label_dependence` of the G step's fake and real
+    images). A method that fills none of them is simply not judged on them.
     """
 
     def __init__(self, objective: Objective, terms: Sequence[LossTerm]):
         self.objective = objective
         self.terms = list(terms)
+        self.stats: dict[str, Tensor] = {}
+        self.measure_images = False
 
     @abc.abstractmethod
     def d_losses(self, G: Callable, D: Callable, real: Tensor, cond: Condition, step: int = 0) -> dict[str, Tensor]: ...

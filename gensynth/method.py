@@ -11,6 +11,7 @@ from torch import Tensor
 
 from gensynth.interfaces import Condition, DiscriminatorOutput, StepContext, TrainingMethod
 from gensynth.nn.spectral import consecutive_calls
+from gensynth.train.health import label_dependence, output_spread
 
 
 def unwrap(module):
@@ -78,6 +79,7 @@ class AdversarialMethod(TrainingMethod):
             ctx.d_extra.update(zip(ctx.d_inputs, extra))
         else:
             ctx.d_fake, ctx.d_real = run_d_pair(D, fake, real, cond)
+        self.stats["d_spread"] = output_spread(ctx.d_real, ctx.d_fake)
         losses = {
             "D_fake": self.objective.d_loss(ctx.d_fake, cond, "fake"),
             "D_real": self.objective.d_loss(ctx.d_real, cond, "real"),
@@ -91,6 +93,9 @@ class AdversarialMethod(TrainingMethod):
         want_real = any(t.side == "G" and t.needs_real_d_output for t in self.terms)
         d_fake, d_real = run_d_pair(D, gen.image, real, cond, want_real=want_real)
         losses = {"G_adv": self.objective.g_loss(d_fake, cond)}
+        if self.measure_images:
+            self.stats["label_dependence"] = label_dependence(gen.image, cond.labels)
+            self.stats["label_dependence_real"] = label_dependence(real, cond.labels)
         ctx = StepContext(real=real, fake=gen.image, cond=cond, discriminator=D, d_real=d_real, d_fake=d_fake,
                           gen=gen, step=step)
         for term in self.terms:

@@ -37,8 +37,10 @@ def test_example_plugin_listed_and_selectable(installed_example):
     listed = {p["name"]: p for p in json.loads(result.output)}
     assert listed["example"]["distribution"] == "gensynth-example"
     assert listed["example"]["version"] == "0.1.0"
-    assert listed["example"]["hooks"] == ["register_discriminators"]
-    assert listed["example"]["registered"] == {"discriminators": ["tiny-fcn"]}
+    assert listed["example"]["hooks"] == ["register_datasets", "register_discriminators", "register_losses",
+                                          "register_segmenters"]
+    assert listed["example"]["registered"] == {"discriminators": ["tiny-fcn"], "losses": ["logit-matching"],
+                                               "datasets": ["example-shapes"], "segmenters": ["example-colour"]}
 
     from gensynth.build import build_discriminator, resolve_parts
     from gensynth.config import resolve
@@ -66,3 +68,17 @@ def test_restricting_plugins_hides_the_example(installed_example, monkeypatch):
     plugins.reset_host()
     names = [i.name for i in plugins.get_host().plugin_infos()]
     assert "example" not in names and "oasis" in names
+
+
+def test_installed_example_passes_plugins_check(installed_example):
+    """Installed through its entry point, the example's parts pass ``gensynth plugins check example`` (its dataset
+    read from the files shipped in the package)."""
+    from gensynth.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["plugins", "check", "example", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output[result.output.index("["):])
+    assert {r["name"] for r in rows} == {"tiny-fcn", "logit-matching", "example-shapes", "example-colour"}
+    assert all(r["status"] == "ok" for r in rows), rows
+    samples = [r for r in rows if r["check"] == "samples"][0]
+    assert samples["detail"] == "2 samples of split 'train'"

@@ -117,12 +117,12 @@ def test_generator_rejects_sizes_not_divisible():
     with pytest.raises(ValueError, match="built for 3 label channels"):
         g(cond_for(4))
     with pytest.raises(ConfigError, match="model.generator_options.num_upsampling_layers"):
-        from gensynth.build import _validate_options
+        from gensynth.options import validate_part_options
         from gensynth.registry import Entry
         from gensynth_spade.generator import SpadeGeneratorOptions
 
-        _validate_options(Entry("spade", None, "spade", options=SpadeGeneratorOptions),
-                          {"num_upsampling_layers": "many"}, "model.generator_options")
+        validate_part_options(Entry("spade", None, "spade", options=SpadeGeneratorOptions),
+                              {"num_upsampling_layers": "many"}, "generator")
 
 
 def test_generator_instance_edges_are_an_extra_channel():

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from pydantic import BaseModel
 from rich.console import Console
 
 import gensynth
@@ -169,10 +170,14 @@ class _NanProbe(LossTerm):
         return value + float("nan") if ctx.step >= self.options.get("from_step", 0) else value
 
 
+class _NanProbeOptions(BaseModel):  # loss terms declare the options they read (unknown ones are rejected)
+    from_step: int = 0
+
+
 class _NanPlugin:
     @gensynth.hookimpl
     def register_losses(self, register):
-        register("nan_probe", _NanProbe, description="test-only NaN injector")
+        register("nan_probe", _NanProbe, options=_NanProbeOptions, description="test-only NaN injector")
 
 
 @pytest.fixture

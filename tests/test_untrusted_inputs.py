@@ -218,3 +218,14 @@ def test_torchscript_segmenter_named_by_a_checkpoint_is_not_loaded(tiny_run, tmp
     assert r.exit_code == 2
     assert f"eval.segmenter_options.path '{tmp_path / 'x.pt'}' (from " in r.output and "meta.json) names a " \
         "TorchScript program" in r.output
+
+
+def test_resuming_with_the_users_own_pipe_opt_in(tiny_run, tiny_cache, tmp_path):
+    """A checkpoint never stores the opt-in (it is dropped on reading), so giving it again is not a config change."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)
+    args = ["train"]
+    for key, value in tiny_overrides(run, tiny_cache, **{"trainer.steps": 7, "data.allow_pipe": True}).items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output

@@ -17,29 +17,36 @@ from gensynth.cli.console import table_console
 from rich.table import Table
 
 
-def compare_runs(model: str, discriminators: list[str], data: str, steps: int, out: Path,
-                 metrics: list[str], overrides: dict, console: Console) -> list[dict]:
-    import torch
-
-    from gensynth.api import load_model
+def plan_runs(model: str, discriminators: list[str], data: str, steps: int, out: Path, overrides: dict) -> list:
+    """(name, config, provenance, parts) per discriminator, all resolved before anything trains: an incompatible
+    combination fails first. Each run takes its own ``model.discriminator_options.<name>.*`` options."""
     from gensynth.build import resolve_parts
     from gensynth.config import resolve
-    from gensynth.eval.evaluate import evaluate_generator
-    from gensynth.train.trainer import run_training
 
-    # resolve every configuration first: an incompatible combination fails before any training
     plans = []
     for name in discriminators:
         cli = {**overrides, "model.preset": model, "data.name": data, "model.discriminator": name,
                "trainer.steps": steps, "trainer.run_dir": str(out / name)}
         cfg, provenance = resolve(cli)
-        parts = resolve_parts(cfg)
-        plans.append((name, cfg, provenance, parts))
+        plans.append((name, cfg, provenance, resolve_parts(cfg)))
+    return plans
+
+
+def compare_runs(model: str, discriminators: list[str], data: str, steps: int, out: Path,
+                 metrics: list[str], overrides: dict, console: Console) -> list[dict]:
+    import torch
+
+    from gensynth.api import load_model
+    from gensynth.build import run_notes
+    from gensynth.eval.evaluate import evaluate_generator
+    from gensynth.train.trainer import run_training
+
+    plans = plan_runs(model, discriminators, data, steps, out, overrides)
     rows = []
     for name, cfg, provenance, parts in plans:
         console.print(f"[bold]== {model} with discriminator {name}[/] (objective {parts.objective}, "
                       f"losses {parts.losses or '-'})")
-        for note in parts.notes:
+        for note in run_notes(parts, provenance):
             console.print(f"   note: {note}")
         result = run_training(cfg, provenance, console=console)
         loaded = load_model(result.run_dir, ema=True, device="cpu")

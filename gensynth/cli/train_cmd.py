@@ -12,6 +12,13 @@ import click
 from rich.console import Console
 
 
+#: what --official-recipe sets: the official OASIS training numerics (no stable start, constant EMA decay)
+OFFICIAL_RECIPE = {"trainer.stable_start": False, "trainer.ema_warmup": False}
+
+#: option keys the ablation flags set (flat: they apply to the chosen generator / objective; no deprecation note)
+FLAG_OPTION_KEYS = ("model.generator_options.use_3d_noise", "model.objective_options.balancing")
+
+
 def _flags_to_config(opts: dict) -> dict:
     """Map the command's flags onto dotted config keys (contract 5)."""
     from gensynth.config import parse_set
@@ -41,6 +48,8 @@ def _flags_to_config(opts: dict) -> dict:
         cli["model.objective_options.balancing"] = False
     if opts.get("paper"):
         cli["model.values"] = "paper"
+    if opts.get("official_recipe"):
+        cli.update(OFFICIAL_RECIPE)
     cli.update(parse_set(opts.get("set_items") or ()))
     return cli
 
@@ -72,6 +81,9 @@ def _launch(nproc: int, cli: dict, config_path: str | None, resume: bool) -> Non
 @click.option("--no-labelmix", is_flag=True, help="drop the LabelMix term")
 @click.option("--no-balancing", is_flag=True, help="N+1 loss without class balancing")
 @click.option("--paper", is_flag=True, help="use the paper's stated values where they differ from the official code")
+@click.option("--official-recipe", is_flag=True,
+              help="the official training numerics: no stable start for D, constant EMA decay "
+                   "(trainer.stable_start=false trainer.ema_warmup=false)")
 @click.option("--steps", type=int, help="total optimisation steps")
 @click.option("--batch-size", type=int, help="global batch size (divided among processes)")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]))
@@ -101,6 +113,14 @@ def command(**opts):
         return
     cfg, provenance = resolve(cli, opts.get("config_path"))
     console = Console(stderr=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from gensynth.build import resolve_parts, run_notes
+
+        parts = resolve_parts(cfg)  # fails here, before any set-up, when the parts cannot work together
+        console.print(f"[bold]{cfg.model.preset}[/]: generator {parts.generator}, discriminator {parts.discriminator}, "
+                      f"objective {parts.objective}, losses {parts.losses or '-'}", highlight=False)
+        for note in run_notes(parts, provenance, exclude=FLAG_OPTION_KEYS):
+            console.print(f"   note: {note}", highlight=False)
     result = run_training(cfg, provenance, console=console, resume=True if opts.get("resume") else None)
     if int(os.environ.get("RANK", "0")) == 0:
         how = f"stopped by {result.stopped_by}" if result.stopped_by else "done"

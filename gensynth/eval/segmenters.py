@@ -228,10 +228,16 @@ def build_small_segmenter(num_classes: int, checkpoint=None, device="cpu", **opt
 
 # ---------------------------------------------------------------------------------------------
 def build_segmenter(name: str, *, num_classes: int, checkpoint=None, device="cpu", host=None, **options) -> Segmenter:
-    """Look up ``name`` in the segmenter registry and build it (eval mode, on ``device``)."""
+    """Look up ``name`` in the segmenter registry and build it (eval mode, on ``device``).
+
+    ``options``: ``eval.segmenter_options``, flat or per segmenter (``{name: {...}}``, only ``name``'s apply);
+    validated against the segmenter's options (unknown keys are an error naming it)."""
+    from gensynth.options import select_part_options, validate_part_options
     from gensynth.plugins import get_host
 
-    entry = (host or get_host()).registry("segmenters").entry(name)
+    registry = (host or get_host()).registry("segmenters")
+    entry = registry.entry(name)
+    options = validate_part_options(entry, select_part_options(options, name, registry.names()), "segmenter")
     seg = entry.obj(num_classes=num_classes, checkpoint=checkpoint, device=device, **options)
     return seg.eval()
 

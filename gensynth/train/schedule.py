@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from gensynth.train.stable_start import warmup_factor
+
 
 def lr_factor(schedule: str, step: int, total: int, decay_start: float) -> float:
     """Multiplier of the base learning rate at ``step`` (0-based) of ``total`` steps.
@@ -17,5 +19,8 @@ def lr_factor(schedule: str, step: int, total: int, decay_start: float) -> float
     return max(0.0, (total - step) / float(total - start))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total: int, decay_start: float):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(schedule, s, total, decay_start))
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total: int, decay_start: float,
+                   warmup: int = 0):
+    """The schedule as a LambdaLR, times a linear warm-up over the first ``warmup`` steps (0: none)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(schedule, s, total, decay_start) * warmup_factor(s, warmup))

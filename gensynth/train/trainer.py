@@ -18,17 +18,21 @@ from typing import Iterator
 import torch
 from rich.console import Console
 
-from gensynth.build import Parts, build_discriminator, build_generator, build_method, resolve_parts
+from gensynth.build import (Parts, build_discriminator, build_generator, build_method, canonical_options,
+                            parts_summary, resolve_parts)
 from gensynth.checkpoint import (BEST, LATEST, Checkpoint, checkpoint_root, list_checkpoints, load_checkpoint,
                                  prune_checkpoints, read_pointer, remove_interrupted_writes, save_checkpoint,
                                  step_dir_name, write_pointer, write_text_atomic)
 from gensynth.config import RunConfig, dump_resolved, flatten
+from gensynth.contracts import FirstStepContracts, first_step_contracts
 from gensynth.errors import CheckpointError, ConfigError, GensynthError
+from gensynth.interfaces import NoiseKind
 from gensynth.method import unwrap
 from gensynth.nn.grad_buffer import release_gradient_buffers
 from gensynth.train import distributed as dist_util
 from gensynth.train.ema import (EMA, entries_changed_by_refresh, has_batchnorm, refreshed_copy, restore_entries,
                                 state_is_finite)
+from gensynth.train.health import HealthMonitor, HealthReport, noise_dependence
 from gensynth.train.init_from import InitReport, load_matching
 from gensynth.train.logging import MetricsLog, ProgressDisplay
 from gensynth.train.precision import autocast, make_scaler
@@ -36,6 +40,7 @@ from gensynth.train.run_lock import RunLock
 from gensynth.train.samples import make_grid, palette, save_png
 from gensynth.train.schedule import make_scheduler
 from gensynth.train.signals import StopRequest
+from gensynth.train.stable_start import normalise_spectral_weights
 from gensynth.train.speed import apply_memory_layout, make_adam, resolve_channels_last, set_tf32
 from gensynth.train.state import capture_rng, restore_rng, seed_everything
 
@@ -48,16 +53,21 @@ class TrainResult:
     step: int
     metrics: dict[str, float] = field(default_factory=dict)
     stopped_by: str | None = None  # "SIGTERM"/"SIGINT" when a signal ended the run early
+    health: list[str] = field(default_factory=list)  # the health monitor's findings, "kind at step N: message"
 
 
 class NonFiniteLossError(GensynthError, FloatingPointError):
     """A loss became NaN/inf; the run stopped without saving the damaged weights."""
 
 
+class UnhealthyTrainingError(GensynthError):
+    """The health monitor found a problem and ``health.action`` is ``stop`` (a checkpoint was saved first)."""
+
+
 # keys that may change between a run and its resumption without changing what is trained
 _RESUME_FREE = ("trainer.steps", "trainer.epochs", "trainer.run_dir", "trainer.log_every", "trainer.sample_every",
                 "trainer.checkpoint_every", "trainer.keep_last", "trainer.device", "trainer.init_from",
-                "data.root", "data.num_workers", "data.cache_dir", "eval.")
+                "data.root", "data.allow_pipe", "data.num_workers", "data.cache_dir", "eval.", "health.")
 
 
 # what a training_state.pt must hold to be resumed from
@@ -138,12 +148,15 @@ class Trainer:
         self.layout = resolve_channels_last(cfg.trainer.channels_last, self.device)
         self.G = build_generator(self.parts).to(self.device)
         self.D = build_discriminator(self.parts).to(self.device)
+        if cfg.trainer.stable_start:  # no random draws: the RNG streams are the official recipe's either way
+            normalise_spectral_weights(self.D)
         apply_memory_layout(self.G, self.layout), apply_memory_layout(self.D, self.layout)
         self.method = build_method(self.parts)
         if hasattr(self.method, "merge_d_calls"):
             self.method.merge_d_calls = cfg.trainer.merge_d_calls
         for term in self.method.terms:
             term.to(self.device)
+        self._contracts = first_step_contracts(self.parts, self.method, self.D)  # checked on the first step only
         self.ema = EMA(self.G, cfg.trainer.ema_decay, cfg.trainer.ema_warmup) if cfg.trainer.ema_decay is not None else None
         oc = cfg.optim
         betas = (float(oc.beta1), float(oc.beta2))
@@ -152,7 +165,8 @@ class Trainer:
         self.opt_d = make_adam((p for p in self.D.parameters() if p.requires_grad), oc.lr_d, betas, oc.implementation,
                                self.device)
         self.sched_g = make_scheduler(self.opt_g, oc.schedule, self.total, oc.decay_start)
-        self.sched_d = make_scheduler(self.opt_d, oc.schedule, self.total, oc.decay_start)
+        self.sched_d = make_scheduler(self.opt_d, oc.schedule, self.total, oc.decay_start,
+                                      cfg.trainer.stable_start_steps if cfg.trainer.stable_start else 0)
         self.scaler_g = make_scaler(cfg.trainer.precision, self.device)
         self.scaler_d = make_scaler(cfg.trainer.precision, self.device)
         self.step = 0
@@ -184,11 +198,17 @@ class Trainer:
             from gensynth.plugins import get_host
 
             write_text_atomic(self.run_dir / "config.json",
-                              json.dumps(dump_resolved(cfg, self.provenance, get_host().versions()), indent=1))
+                              json.dumps(dump_resolved(cfg, self.provenance, get_host().versions(),
+                                                         parts_summary(self.parts)), indent=1, default=str))
             self.log = MetricsLog(self.run_dir)
         else:
             self.log = None
         self.progress = ProgressDisplay(self.console, self.total, self.step, enabled=d.is_main)
+        self.health = None
+        if cfg.health.enabled:
+            self.health = HealthMonitor(cfg.health, {"generator": self.G, "discriminator": self.D}, self.device,
+                                        advice="" if cfg.trainer.stable_start else
+                                        "the stable start (trainer.stable_start=true; drop --official-recipe), ")
         if self._init_report is not None:
             self.progress.message(f"initialised from {cfg.trainer.init_from}:\n{self._init_report.summary()}")
         if resumed is not None:
@@ -196,6 +216,7 @@ class Trainer:
 
     _init_report: InitReport | None = None
     _lock: RunLock | None = None
+    _contracts: FirstStepContracts | None = None
     _d_trainable: list | None = None
 
     def _total_steps(self) -> int:
@@ -228,9 +249,10 @@ class Trainer:
         return ckpt
 
     def _check_resume_config(self, ckpt: Checkpoint) -> None:
-        old = flatten(ckpt.config().model_dump(mode="json"))
-        new = flatten(self.cfg.model_dump(mode="json"))
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
+        old = flatten(canonical_options(ckpt.config()).model_dump(mode="json"))  # flat or per-part option keys
+        new = flatten(canonical_options(self.cfg).model_dump(mode="json"))
+        # a key the checkpoint's configuration lacks was added to gensynth after it was written: not compared
+        changed = sorted(k for k in set(old) | set(new) if k in old and old.get(k) != new.get(k)
                          and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in _RESUME_FREE))
         if changed:
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
@@ -334,6 +356,7 @@ class Trainer:
     def _record(self, losses: dict[str, torch.Tensor]) -> None:
         for name, value in losses.items():
             v = value.detach().float()
+            self._last_losses[name] = v
             if name not in self._sums:
                 self._sums[name] = torch.zeros((), device=self.device)
                 self._bad[name] = torch.zeros((), device=self.device)
@@ -351,11 +374,16 @@ class Trainer:
     def _accumulate(self, losses_fn, wrapped, scaler, micros: list) -> None:
         """Backward of ``losses_fn`` summed over the micro-batches (DDP gradients synchronised on the last one)."""
         prec, dev, n = self.cfg.trainer.precision, self.device, len(micros)
+        G, D, checks = self.G_train, self.D_train, self._contracts
+        if checks is not None:  # the parts' contracts, on the first step of this process only (host syncs)
+            G, D = checks.generator(G), checks.discriminator(D)
         for i, (real, cond) in enumerate(micros):
             last = not self.dist.enabled or i == n - 1
             with contextlib.nullcontext() if last else wrapped.no_sync():
                 with autocast(prec, dev):
-                    losses = losses_fn(self.G_train, self.D_train, real, cond, self.step)
+                    losses = losses_fn(G, D, real, cond, self.step)
+                if checks is not None:
+                    checks.losses(losses)
                 self._record(losses)
                 scaler.scale((sum(losses.values()) / n).float()).backward()
 
@@ -363,6 +391,8 @@ class Trainer:
         # --- G step: D frozen (only the parameters it trains; frozen parts stay frozen)
         if self._d_trainable is None:
             self._d_trainable = [p for p in self.D.parameters() if p.requires_grad]
+        if self.health is not None:
+            self.method.measure_images = self.health.wants_images(self.step + 1)
         for p in self._d_trainable:
             p.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
@@ -375,12 +405,15 @@ class Trainer:
         self._accumulate(self.method.d_losses, self.D_train, self.scaler_d, micros)
         self._optim_step(self.opt_d, self.scaler_d, self.D.parameters())
         self.opt_d.zero_grad(set_to_none=True)  # nor D's through the next G step
+        self._contracts = None
         if self.ema is not None:
             self.ema.update(self.G)
         self.sched_g.step()
         self.sched_d.step()
         self.step += 1
         self._refreshed_at, self._refreshed = None, None
+        if self.health is not None:
+            self.health.after_step(self.method.stats)
 
     # ------------------------------------------------------------------------------ checks and logs
     def _sync_losses(self) -> dict[str, float]:
@@ -424,6 +457,28 @@ class Trainer:
             self.log.write(self.step, values)
         eta = (self.total - self.step) * self.cfg.trainer.batch_size / ips if ips > 0 else None
         self.progress.log(self.step, values, eta)
+
+    def _check_health(self) -> None:
+        """Judge the run's health (one host synchronisation); warn, or save and stop (``health.action``)."""
+        def mean_over_ranks(vec):
+            return dist_util.all_reduce_sum(vec, self.dist) / self.dist.world_size
+
+        report = self.health.check(self.step, self._last_losses, mean_over_ranks)
+        self._health_report(report)
+
+    def _health_report(self, report: HealthReport, may_stop: bool = True) -> None:
+        if self.log is not None:
+            self.log.write(report.step, report.figures, kind="health")
+        for finding in report.findings:
+            self.health_findings.append(f"{finding.kind} at step {finding.step}: {finding.message}")
+            if self.log is not None:
+                self.log.write(report.step, {"finding": finding.kind, "message": finding.message}, kind="health")
+            if may_stop and self.cfg.health.action == "stop":
+                self._save()
+                raise UnhealthyTrainingError(f"stopped by the health monitor (health.action=stop) at step "
+                                             f"{self.step}, after saving a checkpoint in {self.ckpt_root}: "
+                                             f"{finding.message}")
+            self.progress.message(f"[yellow]health warning:[/] {finding.message}")
 
     # ------------------------------------------------------------------------------ EMA, samples, eval
     def _eval_generator(self) -> torch.nn.Module:
@@ -481,9 +536,14 @@ class Trainer:
             torch.manual_seed(self.cfg.trainer.seed)
             with torch.no_grad(), autocast(self.cfg.trainer.precision, self.device):
                 fake = gen(cond).image.float()
+                other = None
+                if self.health is not None and getattr(gen, "noise", NoiseKind.NONE) != NoiseKind.NONE:
+                    other = gen(cond).image.float()  # the same labels, the next noise draw
             gen.train(was)
             if self.ema is not None:
                 self.ema.module.eval()
+        if other is not None:  # warn-only: judged on rank 0, so it never stops one rank of a DDP run
+            self._health_report(self.health.judge_noise(self.step, noise_dependence(fake, other)), may_stop=False)
         grid = make_grid(batch.label, fake, real, palette(self.spec.classes))
         save_png(grid, self.run_dir / "samples" / f"step_{self.step:08d}.png")
         if self.log is not None:
@@ -627,7 +687,8 @@ class Trainer:
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        self._sums, self._bad = {}, {}
+        self._sums, self._bad, self._last_losses = {}, {}, {}
+        self.health_findings: list[str] = []
         self._window_start = self._log_step = self._checked_clean = self.step
         self._log_time = time.perf_counter()
         self._refreshed_at = None
@@ -645,6 +706,8 @@ class Trainer:
             stopped_by = self._stop_requested(stop)
             if s % t.log_every == 0 or last or stopped_by:
                 self._log()
+            if self.health is not None and self.health.due(s):
+                self._check_health()
             if s % t.sample_every == 0 or last:
                 self._samples()
             if self.cfg.eval.every > 0 and (s % self.cfg.eval.every == 0 or last):
@@ -657,7 +720,8 @@ class Trainer:
                 break
         if self._saved_at != self.step and self.step >= self.total:
             self._save()  # already complete runs re-launched: make sure the final state exists
-        return TrainResult(run_dir=self.run_dir, step=self.step, metrics=dict(self.last_metrics), stopped_by=stopped_by)
+        return TrainResult(run_dir=self.run_dir, step=self.step, metrics=dict(self.last_metrics), stopped_by=stopped_by,
+                           health=list(self.health_findings))
 
 
 def run_training(cfg: RunConfig, provenance: dict[str, str], *, console: Console | None = None,

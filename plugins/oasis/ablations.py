@@ -156,14 +156,17 @@ def build_oasis_unet_projection(num_classes: int, **options) -> OASISProjectionU
     return OASISProjectionUNet(num_classes, OASISDiscriminatorOptions(**options))
 
 
+_TINY = {"num_res_blocks": 4, "width": 0.125}  # gensynth plugins check
+
+
 def register_ablation_discriminators(register) -> None:
     """Register ``oasis-encoder``, ``oasis-unet-concat`` and ``oasis-unet-projection`` (objective: ``bce``)."""
     register("oasis-encoder", build_oasis_encoder, options=OASISEncoderOptions, cls=OASISEncoderDiscriminator,
-             default_objective="bce",
+             default_objective="bce", tiny=_TINY,
              description="OASIS ablation: the U-Net's ResNet encoder alone on labels+image, one logit per image")
     register("oasis-unet-concat", build_oasis_unet_concat, options=OASISDiscriminatorOptions, cls=OASISConcatUNet,
-             default_objective="bce",
+             default_objective="bce", tiny=_TINY,
              description="OASIS ablation: U-Net on image+labels (input concatenation), per-pixel real/fake")
     register("oasis-unet-projection", build_oasis_unet_projection, options=OASISDiscriminatorOptions,
-             cls=OASISProjectionUNet, default_objective="bce",
+             cls=OASISProjectionUNet, default_objective="bce", tiny=_TINY,
              description="OASIS ablation: U-Net with per-pixel projection of a class embedding, real/fake")

@@ -11,13 +11,14 @@ from gensynth_oasis.presets import oasis_preset
 @hookimpl
 def register_generators(register):
     register("oasis", build_oasis_generator, options=OASISGeneratorOptions,
+             tiny={"channels": 8, "num_res_blocks": 4, "spade_hidden": 8, "z_dim": 4},
              description="OASIS generator: SPADE residual blocks, 3D noise (ICLR 2021)")
 
 
 @hookimpl
 def register_discriminators(register):
     register("oasis-unet", build_oasis_discriminator, options=OASISDiscriminatorOptions, cls=OASISDiscriminator,
-             default_objective="n+1",
+             default_objective="n+1", tiny={"num_res_blocks": 4, "width": 0.125},
              description="OASIS U-Net discriminator: per-pixel N+1 class logits")
     from gensynth_oasis.ablations import register_ablation_discriminators
 

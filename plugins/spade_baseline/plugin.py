@@ -13,16 +13,17 @@ from gensynth_spade.presets import PRESETS
 @hookimpl
 def register_generators(register):
     register("spade", build_spade_generator, options=SpadeGeneratorOptions, style_encoder=False,
+             tiny={"ngf": 4, "spade_hidden": 8, "size": [64, 64]},
              description="SPADE generator (Park et al. 2019), optional VAE style encoder (use_vae)")
 
 
 @hookimpl
 def register_discriminators(register):
     register("patchgan", build_patchgan, options=PatchGANOptions, cls=PatchGANDiscriminator,
-             default_objective="hinge",
+             default_objective="hinge", tiny={"ndf": 8},
              description="multi-scale PatchGAN on labels + image (SPADE/pix2pixHD, 2 scales)")
     register("patchgan-single", build_patchgan_single, options=PatchGANSingleOptions, cls=PatchGANDiscriminator,
-             default_objective="hinge", description="single-scale PatchGAN on labels + image")
+             default_objective="hinge", tiny={"ndf": 8}, description="single-scale PatchGAN on labels + image")
 
 
 @hookimpl

@@ -1,7 +1,7 @@
-"""An example third-party gensynth plugin: a small fully-convolutional N+1 discriminator.
+"""An example third-party gensynth plugin: a discriminator, a loss term, a dataset and a segmenter.
 
-It outputs per-pixel N+1 logits (channel 0 = fake, c+1 = class c), so the OASIS objective
-("n+1") and the LabelMix term apply to it unchanged.
+The discriminator outputs per-pixel N+1 logits (channel 0 = fake, c+1 = class c), so the OASIS objective
+("n+1") and the LabelMix term apply to it unchanged. docs/plugins.md walks through each part.
 """
 from __future__ import annotations
 
@@ -39,5 +39,29 @@ class TinyFCNDiscriminator(Discriminator):
 
 @gensynth.hookimpl
 def register_discriminators(register):
-    register("tiny-fcn", TinyFCNDiscriminator, options=TinyFCNOptions,
+    register("tiny-fcn", TinyFCNDiscriminator, options=TinyFCNOptions, default_objective="n+1",
+             tiny={"width": 4, "depth": 1},
              description="small fully-convolutional N+1 discriminator (example plugin)")
+
+
+@gensynth.hookimpl
+def register_losses(register):
+    from gensynth_example.losses import LogitMatchingLoss, LogitMatchingOptions
+
+    register("logit-matching", LogitMatchingLoss, options=LogitMatchingOptions,
+             description="G matches D's logits on fakes to those on reals (example plugin)")
+
+
+@gensynth.hookimpl
+def register_datasets(register):
+    from gensynth_example.dataset import ShapesSpec
+
+    register("example-shapes", ShapesSpec(), description="squares and discs, 3 classes, 32x32 (example plugin)")
+
+
+@gensynth.hookimpl
+def register_segmenters(register):
+    from gensynth_example.segmenter import ColourSegmenterOptions, build_colour_segmenter
+
+    register("example-colour", build_colour_segmenter, options=ColourSegmenterOptions, tiny={"width": 4},
+             description="per-pixel colour classifier (example plugin)")
