@@ -352,10 +352,16 @@ def _loader(stream: _ShardStream, num_workers: int) -> Iterator[Batch]:
         return
     dl = DataLoader(stream, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init,
                     prefetch_factor=2, pin_memory=torch.cuda.is_available(), persistent_workers=False)
-    for item in dl:
-        if isinstance(item, _ErrorInWorker):
-            raise item.exc
-        yield item
+    it = iter(dl)
+    try:
+        for item in it:
+            if isinstance(item, _ErrorInWorker):
+                raise item.exc
+            yield item
+    finally:  # workers end now, not whenever the garbage collector frees an iterator kept alive by a traceback
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def _decoder(data_cfg, spec: DatasetSpec) -> SampleDecoder:
