@@ -311,6 +311,10 @@ class Trainer:
             mine = ranks[self.dist.rank]
             restore_rng(mine["rng"], self.device)
             self.data_position = int(mine["data_position"])
+            owners = self._bn_owners()
+            for name, entries in (mine.get("bn") or {}).items():
+                if name in owners:
+                    restore_entries(owners[name], entries, str(where))
         else:  # a different number of processes: continue from the same step, re-seeded
             self.data_position = self.step * self.accum
             seed_everything(self.cfg.trainer.seed + 1_000_003 * self.dist.rank + self.step)
@@ -587,8 +591,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ checkpoints
     def _training_state(self) -> dict:
-        ranks = dist_util.all_gather_object({"rng": capture_rng(self.device), "data_position": self.data_position},
-                                            self.dist)
+        mine = {"rng": capture_rng(self.device), "data_position": self.data_position}
+        if self.dist.enabled:  # each rank's own BN statistics (plain BN drifts apart per rank's data)
+            mine["bn"] = {name: dist_util.bn_buffers(m) for name, m in self._bn_owners().items()}
+        ranks = dist_util.all_gather_object(mine, self.dist)
         return {
             "step": self.step, "optim_g": self.opt_g.state_dict(), "optim_d": self.opt_d.state_dict(),
             "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
@@ -600,16 +606,21 @@ class Trainer:
             "best_step": self.best_step, "world_size": self.dist.world_size, "ranks": ranks,
         }
 
+    def _bn_owners(self) -> dict[str, torch.nn.Module]:
+        owners = {"generator": self.G, "discriminator": self.D}
+        if self.ema is not None:
+            owners["generator_ema"] = self.ema.module
+        return owners
+
     def _save(self, best: bool = False) -> None:
         self._sync_losses_keep()  # never save weights produced by a non-finite loss
-        dist_util.average_bn_buffers(self.G, self.dist)
-        dist_util.average_bn_buffers(self.D, self.dist)
-        if self.ema is not None:  # its BN buffers are blended from each rank's G: made identical like G's
-            dist_util.average_bn_buffers(self.ema.module, self.dist)
         ema_for_inference = self._eval_generator()  # a BN-refreshed copy of the EMA (averaged over ranks)
         modules = {"generator": self.G, "discriminator": self.D}
         if self.ema is not None:
             modules["generator_ema"] = ema_for_inference
+        # saved: BN statistics averaged over ranks (the live modules keep their own: see "bn" in the training state)
+        states = {name: (m.state_dict() if m is self._refreshed else dist_util.averaged_bn_state(m, self.dist))
+                  for name, m in modules.items()}
         bad = [name for name, m in modules.items() if not state_is_finite(m)]
         if bad:
             raise NonFiniteLossError(f"non-finite weights in {', '.join(bad)} at step {self.step}; checkpoint not "
@@ -620,7 +631,7 @@ class Trainer:
                     "world_size": self.dist.world_size, "data_position": self.data_position,
                     "best": self.best, "best_step": self.best_step, "track": self.cfg.eval.track}
             path = save_checkpoint(self.ckpt_root / step_dir_name(self.step),
-                                   models={k: m.state_dict() for k, m in modules.items()}, meta=meta,
+                                   models=states, meta=meta,
                                    training_state=state)
             write_pointer(self.ckpt_root, LATEST, path)
         if self.dist.is_main and best:
