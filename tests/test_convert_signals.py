@@ -71,18 +71,19 @@ def test_sigterm_after_a_failed_conversion_reaches_the_trainer(tmp_path):
     _dataset(tmp_path)
     env = {**os.environ, **CHILD_ENV}
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path / "cs"), str(tmp_path / "out"), "2", "wait"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
+        seen = b""  # read the pipe itself (os.read), not a buffered reader that select() cannot see into
         deadline = time.time() + 60
-        while True:
+        while b"ready\n" not in seen:
             ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.time()))
             assert ready, "the conversion pool's shutdown hung (workers ignored SIGTERM)"
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read()[-3000:]
-            if line.strip() == "ready":
-                break
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            assert chunk, proc.stderr.read().decode()[-3000:]
+            seen += chunk
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
+        out, err = (seen + out).decode(), err.decode()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
