@@ -83,11 +83,15 @@ class TrainerConfig(Section):
     ema_warmup: bool = Field(True, description="decay min(decay, (1+t)/(10+t)) so short runs do not lag; the official "
                                                "code uses a constant decay (--official-recipe)")
     stable_start: bool = Field(True, description="spectral-norm weights of D start at unit scale with converged power "
-                                                 "iteration (same function) and D's learning rate warms up over "
-                                                 "stable_start_steps; keeps D from dying in its first steps "
-                                                 "(gensynth.train.stable_start); false = the official recipe")
+                                                 "iteration (same function), D's learning rate warms up over "
+                                                 "stable_start_steps, gradients are clipped at stable_start_clip; "
+                                                 "keeps D from dying (gensynth.train.stable_start); false = the "
+                                                 "official recipe")
     stable_start_steps: int = Field(100, ge=0, description="steps of D's linear learning-rate warm-up under "
                                                            "stable_start")
+    stable_start_clip: Optional[float] = Field(
+        1.0, gt=0, description="under stable_start, and unless optim.grad_clip is set: the gradient-norm clip of G "
+                               "and D at every step (a spike then cannot fill Adam's second moment and freeze D)")
     bn_refresh_batches: int = Field(50, ge=0, description="batches to re-estimate the EMA generator's BN stats")
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(500, ge=1)
@@ -138,7 +142,7 @@ class HealthConfig(Section):
                             "an error naming the problem")
     collapse_spread: float = Field(0.01, gt=0, description="D is collapsed when its logits vary less than this "
                                                            "(std over pixels, images, real and fake) ...")
-    patience: int = Field(30, ge=1, description="... for this many consecutive steps (also for 'ignores labels')")
+    patience: int = Field(50, ge=1, description="... for this many consecutive steps (also for 'ignores labels')")
     weight_growth: float = Field(1e4, gt=1, description="diverging: a model's parameter RMS (or a loss) grew by this "
                                                         "factor since training (or this resumption) started")
     label_ratio: float = Field(0.1, gt=0, description="G ignores its labels when the classes explain less than this "

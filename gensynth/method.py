@@ -96,6 +96,8 @@ class AdversarialMethod(TrainingMethod):
         if self.measure_images:
             self.stats["label_dependence"] = label_dependence(gen.image, cond.labels)
             self.stats["label_dependence_real"] = label_dependence(real, cond.labels)
+        else:  # figures of this step only
+            self.stats.pop("label_dependence", None), self.stats.pop("label_dependence_real", None)
         ctx = StepContext(real=real, fake=gen.image, cond=cond, discriminator=D, d_real=d_real, d_fake=d_fake,
                           gen=gen, step=step)
         for term in self.terms:

@@ -84,6 +84,17 @@ class _Skip(Exception):
     pass
 
 
+
+def _backward_reaches(loss: Tensor, module, ref, source: str) -> str:
+    """Backward of ``loss``; raises unless finite gradients reach some of ``module``'s parameters."""
+    loss.backward()
+    got, total, finite = grads_reached(module.parameters())
+    if not finite:
+        raise ContractError(f"{ref}: expected finite gradients; got NaN or inf")
+    if total and not got:
+        raise ContractError(f"{ref}: expected gradients to reach its parameters from {source}; got none of {total}")
+    return f"gradients reach {got}/{total} parameter tensors"
+
 def _tiny(entry) -> dict[str, Any]:
     return dict(entry.extra.get("tiny") or {})
 
@@ -118,14 +129,7 @@ def _check_generator(entry, ref: PartRef, rep: _Report, s: ProbeSettings) -> Non
     def backward():
         out = state["out"]
         loss = out.image.float().mean() + sum(v.float().mean() for v in out.aux.values() if isinstance(v, Tensor))
-        loss.backward()
-        got, total, finite = grads_reached(state["g"].parameters())
-        if not finite:
-            raise ContractError(f"{ref}: expected finite gradients; got NaN or inf")
-        if total and not got:
-            raise ContractError(f"{ref}: expected gradients to reach its parameters from the image; got none of "
-                                f"{total} (is the output detached?)")
-        return f"gradients reach {got}/{total} parameter tensors"
+        return _backward_reaches(loss, state["g"], ref, "the image (is the output detached?)")
 
     rep.run("build", build) and rep.run("forward", forward) and rep.run("backward", backward)
 
@@ -195,14 +199,7 @@ def _check_discriminator(entry, ref: PartRef, rep: _Report, s: ProbeSettings, ho
         loss = sum(x.float().mean() for x in scales)
         for scale in out.features or []:
             loss = loss + sum(f.float().mean() for f in scale)
-        loss.backward()
-        got, total, finite = grads_reached(state["d"].parameters())
-        if not finite:
-            raise ContractError(f"{ref}: expected finite gradients; got NaN or inf")
-        if total and not got:
-            raise ContractError(f"{ref}: expected gradients to reach its parameters from the logits; got none of "
-                                f"{total}")
-        return f"gradients reach {got}/{total} parameter tensors"
+        return _backward_reaches(loss, state["d"], ref, "the logits")
 
     if rep.run("build", build) and rep.run("forward", forward):
         rep.run("objective", objective)

@@ -36,6 +36,9 @@ def test_output_spread_is_zero_for_a_constant_d_and_the_logit_std_otherwise():
     # real vs fake told apart with spatially constant logits still has a spread: +1 on real, -1 on fake
     real, fake = torch.ones(2, 1, 4, 4), -torch.ones(2, 1, 4, 4)
     assert float(output_spread(real, fake)) == pytest.approx(1.0)
+    # large maps are read on a ~32x32 grid: the same spread for a map whose values repeat in 4x4 cells
+    cells = noisy.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)  # (4, 3, 64, 64)
+    assert float(output_spread(cells)) == pytest.approx(float(output_spread(noisy)), rel=1e-5)
     # multi-scale outputs (lists) average the scales
     out = DiscriminatorOutput(DOutputKind.PATCH, [torch.zeros(2, 1, 4, 4), noisy[:2, :1]])
     assert float(output_spread(out)) == pytest.approx(float(noisy[:2, :1].std(unbiased=False)) / 2, rel=1e-5)
@@ -87,7 +90,7 @@ def test_monitor_reports_a_collapse_after_patience_steps_once_and_again_after_re
     assert [(k, s) for k, s, _ in found] == [("collapse", 15), ("collapse", 35)]
     message = found[0][2]
     assert "the discriminator has collapsed: since step 6" in message
-    assert "D_real=3.58" in message and "labelmix=5e-06" in message and "optim.grad_clip" in message
+    assert "D_real=3.58" in message and "labelmix=5e-06" in message and "a lower optim.lr_d" in message
 
 
 def test_monitor_reports_weight_and_loss_divergence():
@@ -121,6 +124,7 @@ def test_forced_collapse_is_reported_within_patience_steps_with_its_symptoms(tmp
     assert all(r["d_spread_max"] < 0.01 for r in figures)
     assert {"param_rms/generator", "param_rms/discriminator"} <= set(figures[0])
     assert [r["finding"] for r in records if "finding" in r] == ["collapse"]
+    assert "Try: a smaller gradient clip (optim.grad_clip=0.1)" in result.health[0]
 
 
 def test_health_action_stop_saves_a_checkpoint_then_stops_with_the_finding(tmp_path, tiny_cache):

@@ -126,3 +126,5 @@ def command(**opts):
         how = f"stopped by {result.stopped_by}" if result.stopped_by else "done"
         click.echo(f"{how}: step {result.step}; run directory {result.run_dir} "
                    f"(samples/, checkpoints/, metrics.jsonl, tb/)")
+        for finding in result.health:  # already printed when found; repeated so that the end of the log says it
+            click.echo(f"health warning: {finding}", err=True)

@@ -87,7 +87,9 @@ class ClassHistograms:
         lab = rgb_to_lab(image.detach().cpu())
         n = self.num_classes
         for ch, (lo, hi, bins) in enumerate(LAB_RANGES):
-            v = lab[:, ch].reshape(-1)
+            # rounded to 1e-9 first: a grey's a and b are 0 only up to float64 rounding (+-1e-13, whose sign depends on
+            # the kernel's summation order), and 0 is a bin edge
+            v = torch.round(lab[:, ch].reshape(-1), decimals=9)
             b = ((v - lo) / (hi - lo) * bins).floor().long().clamp(0, bins - 1)
             self.lab[ch] += torch.bincount(ids * bins + b, minlength=n * bins).reshape(n, bins).numpy()
         codes = lbp_codes(image.detach().cpu()).reshape(-1)

@@ -44,29 +44,51 @@ def _tensors(out: DiscriminatorOutput | Tensor) -> list[Tensor]:
     return list(logits) if isinstance(logits, (list, tuple)) else [logits]
 
 
+#: the health figures read at most about this many positions per side of a map (a strided subset): enough for a
+#: spread or a colour statistic, and cheap at any resolution (ADE20K's 151x256x256 logits: 64x fewer reads)
+GRID = 32
+
+
+def _grid(t: Tensor) -> Tensor:
+    """A strided subset of a (B, C, H, W) map with at most ~GRID positions per side (other shapes unchanged)."""
+    if t.dim() != 4:
+        return t
+    step = max(1, max(t.shape[-2:]) // GRID)
+    return t[:, :, ::step, ::step]
+
+
 def output_spread(*outputs: DiscriminatorOutput | Tensor) -> Tensor:
     """Standard deviation of D's logits over everything but the channel, averaged over channels and scales.
 
     ``outputs``: discriminator outputs on different images (e.g. real and fake) of one step, each a tensor
     (B, C, H, W) / (B, C) or a list of them over scales; same-scale tensors are pooled over all outputs, so a D
-    that tells real from fake with spatially constant logits still has a spread. Returns a 0-d float tensor."""
+    that tells real from fake with spatially constant logits still has a spread. Maps are read on a strided grid
+    of at most ~32x32 positions. Returns a 0-d float tensor."""
     per_output = [_tensors(o) for o in outputs if o is not None]
     spreads = []
     for scale in zip(*per_output):
-        flat = [t.detach().float().movedim(1, -1).reshape(-1, t.shape[1]) for t in scale]
-        spreads.append(torch.cat(flat).std(dim=0, unbiased=False).mean())
+        count, total, squares = 0, 0.0, 0.0
+        for t in scale:
+            x = _grid(t.detach()).float().transpose(0, 1).reshape(t.shape[1], -1)  # (C, positions)
+            count += x.shape[1]
+            total = total + x.sum(dim=1)
+            squares = squares + (x * x).sum(dim=1)
+        mean = total / count
+        spreads.append((squares / count - mean * mean).clamp_min(0).sqrt().mean())
     return torch.stack(spreads).mean()
 
 
 def label_dependence(image: Tensor, labels: Tensor) -> Tensor:
     """The correlation ratio eta^2 of pixel colour given the class: between-class / total colour variance.
 
-    image (B, 3, H, W); labels (B, N, H, W) one-hot at the image's size. 0 when the colour does not depend on
-    the class (or the image is flat), 1 when each class has one colour. Returns a 0-d float tensor."""
+    image (B, 3, H, W); labels (B, N, H, W) one-hot at the image's size, both read on a strided grid of at most
+    ~32x32 positions. 0 when the colour does not depend on the class (or the image is flat), 1 when each class has
+    one colour. Returns a 0-d float tensor."""
     x = image.detach().float()
     lab = labels.detach().float()
     if lab.shape[-2:] != x.shape[-2:]:
         lab = nn.functional.interpolate(lab, size=x.shape[-2:], mode="nearest")
+    x, lab = _grid(x), _grid(lab)
     counts = lab.sum(dim=(0, 2, 3))  # (N,)
     sums = torch.einsum("bnhw,bchw->nc", lab, x)  # (N, 3)
     mean = x.mean(dim=(0, 2, 3))  # (3,)
@@ -123,7 +145,7 @@ class HealthMonitor:
     """Accumulates per-step health figures on the device and judges them every ``cfg.every`` steps.
 
     ``cfg``: a :class:`gensynth.config.HealthConfig`; ``models``: name -> module whose parameter RMS is watched;
-    ``advice``: extra words for the collapse message (e.g. how to turn on the stable start)."""
+    ``advice``: what to try when D collapses (the trainer's words depend on the recipe)."""
 
     def __init__(self, cfg, models: dict[str, nn.Module], device: torch.device, advice: str = ""):
         self.cfg = cfg
@@ -232,7 +254,7 @@ class HealthMonitor:
             f"the discriminator has collapsed: since step {self._collapsed_since} its outputs are the same for "
             f"every pixel and image (logit spread at most {spread:.2g}, under {self.cfg.collapse_spread:g}), so the "
             f"generator gets no training signal and its samples stay flat. Losses are pinned: {_fmt(pinned)}. "
-            f"Try: {self.advice}optim.grad_clip=1.0, or a lower optim.lr_d. "
+            f"Try: {self.advice or 'a lower optim.lr_d or a smaller optim.grad_clip'}. "
             f"(health.action=stop saves a checkpoint and stops at this point.)")
 
     def _judge_divergence(self, report: HealthReport, losses: dict[str, float]) -> None:
@@ -252,7 +274,8 @@ class HealthMonitor:
         self._report(report, "divergence", bool(grown),
                      f"training is diverging: {'; '.join(grown)} (by {growth:g} times or more). "
                      f"Samples from such weights are saturated noise. Try: lower learning rates (optim.lr_g, "
-                     f"optim.lr_d), optim.grad_clip=1.0, or --precision fp32.")
+                     f"optim.lr_d; Adam moves every weight by about its learning rate whatever the gradient, so "
+                     f"clipping does not help here), or --precision fp32.")
 
     def _judge_labels(self, report: HealthReport) -> None:
         eta, eta_real = report.figures.get("label_dependence"), report.figures.get("label_dependence_real")

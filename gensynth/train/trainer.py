@@ -165,6 +165,9 @@ class Trainer:
         self.opt_d = make_adam((p for p in self.D.parameters() if p.requires_grad), oc.lr_d, betas, oc.implementation,
                                self.device)
         self.sched_g = make_scheduler(self.opt_g, oc.schedule, self.total, oc.decay_start)
+        #: the gradient-norm clip: the user's optim.grad_clip, else the stable start's (None: no clipping)
+        self.grad_clip = oc.grad_clip if oc.grad_clip is not None else (
+            cfg.trainer.stable_start_clip if cfg.trainer.stable_start else None)
         self.sched_d = make_scheduler(self.opt_d, oc.schedule, self.total, oc.decay_start,
                                       cfg.trainer.stable_start_steps if cfg.trainer.stable_start else 0)
         self.scaler_g = make_scaler(cfg.trainer.precision, self.device)
@@ -207,12 +210,18 @@ class Trainer:
         self.health = None
         if cfg.health.enabled:
             self.health = HealthMonitor(cfg.health, {"generator": self.G, "discriminator": self.D}, self.device,
-                                        advice="" if cfg.trainer.stable_start else
-                                        "the stable start (trainer.stable_start=true; drop --official-recipe), ")
+                                        advice=self._collapse_advice())
         if self._init_report is not None:
             self.progress.message(f"initialised from {cfg.trainer.init_from}:\n{self._init_report.summary()}")
         if resumed is not None:
             self.progress.message(f"resuming {self.run_dir} from {resumed.path.name} (step {self.step})")
+
+    def _collapse_advice(self) -> str:
+        if not self.cfg.trainer.stable_start:
+            return ("the stable start (trainer.stable_start=true: drop --official-recipe), or optim.grad_clip=1.0 "
+                    "(a spike fills Adam's second moment and freezes D)")
+        return (f"a smaller gradient clip (optim.grad_clip={self.grad_clip / 10 if self.grad_clip else 0.1:g}), a "
+                f"longer D warm-up (trainer.stable_start_steps) or a lower optim.lr_d")
 
     _init_report: InitReport | None = None
     _lock: RunLock | None = None
@@ -368,7 +377,7 @@ class Trainer:
             self._bad[name] = torch.maximum(self._bad[name], (~torch.isfinite(v)).float())
 
     def _optim_step(self, opt, scaler, params) -> None:
-        clip = self.cfg.optim.grad_clip
+        clip = self.grad_clip
         if clip is not None:
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, clip)
