@@ -101,8 +101,8 @@ class FolderSpec(PairedSpec):
 
     def _need(self):
         if self._entries is None:
-            raise ConfigError("dataset 'folder' reads its classes from data.root (--data-root DIR with images/, "
-                              "labels/ and classes.json); use FolderSpec.for_root(root)")
+            raise ConfigError("dataset 'folder' reads its classes from data.root: --data-root DIR with images/, "
+                              "labels/ and classes.json, or its converted shards with their classes.json")
         return self._entries
 
     @property

@@ -32,10 +32,10 @@ class LoadedModel:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; anything else as given."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``"auto"`` -> cuda when available, else cpu; ConfigError for a device this machine does not have."""
+    from gensynth.devices import resolve_device as _resolve
+
+    return _resolve(device)
 
 
 def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], *, what: str) -> None:

@@ -7,15 +7,19 @@ Layout of a checkpoint directory (``<run_dir>/checkpoints/step_00001000/``)::
     discriminator.safetensors    discriminator weights (optional)
     training_state.pt            optimiser/scaler/RNG states, data position (optional; torch.save of plain data)
     meta.json                    {"format", "gensynth_version", "config", "step", "files": {name: sha256}, ...}
+    SHA256SUMS                   sha256 of every other file, meta.json included (``sha256sum -c SHA256SUMS`` format)
 
 A checkpoint is written into a temporary sibling directory, every file fsynced, then renamed into
 place, so a process killed while saving leaves the previous checkpoints untouched. In a run's
 ``checkpoints/`` directory the text files ``LATEST`` and ``BEST`` name checkpoint directories and
 are replaced atomically. Weights are read with safetensors and the training state with
-``torch.load(weights_only=True)``: loading a checkpoint never executes code.
+``torch.load(weights_only=True)``: loading a checkpoint never executes code. Nothing in meta.json is trusted
+to start a process either: its configuration is read with ``data.allow_pipe`` off (see
+:meth:`Checkpoint.config`). Checkpoints written before SHA256SUMS existed are read with meta.json's own list.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -34,6 +38,7 @@ from gensynth.errors import CheckpointError
 
 FORMAT = "gensynth-checkpoint/1"
 META = "meta.json"
+CHECKSUMS = "SHA256SUMS"
 TRAINING_STATE = "training_state.pt"
 MODEL_NAMES = ("generator", "generator_ema", "discriminator")
 LATEST = "LATEST"
@@ -98,6 +103,36 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def write_checksums(directory: str | Path) -> dict[str, str]:
+    """Write ``SHA256SUMS`` covering every file of a checkpoint directory (meta.json included); return it."""
+    directory = Path(directory)
+    sums = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    with open(directory / CHECKSUMS, "w") as f:
+        f.write("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
+        f.flush()
+        os.fsync(f.fileno())
+    return sums
+
+
+def read_checksums(directory: Path) -> dict[str, str] | None:
+    """``{file name: sha256}`` from ``SHA256SUMS``, None when the checkpoint predates it; CheckpointError when
+    it cannot be parsed."""
+    path = directory / CHECKSUMS
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc})") from None
+    sums = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or not name or "/" in name or name.startswith("."):
+            raise CheckpointError(f"{path} is damaged: line {number} is not '<sha256>  <file name>'")
+        sums[name] = digest
+    return sums
+
+
 def _plain_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """CPU, contiguous, storage-unshared copies (safetensors refuses shared tensors)."""
     out = {}
@@ -135,9 +170,12 @@ def save_checkpoint(directory: str | Path, *, models: dict[str, dict[str, Tensor
     for key in ("config", "step"):
         if key not in meta:
             raise CheckpointError(f"checkpoint {directory}: meta must include {key!r}")
-    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise CheckpointError(_write_error(directory, exc)) from None
     try:
         files: dict[str, str] = {}
         for name, state in models.items():
@@ -157,6 +195,7 @@ def save_checkpoint(directory: str | Path, *, models: dict[str, dict[str, Tensor
             json.dump(full_meta, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
+        write_checksums(tmp)
         _fsync_dir(tmp)
         old = None
         if directory.exists():
@@ -166,10 +205,26 @@ def save_checkpoint(directory: str | Path, *, models: dict[str, dict[str, Tensor
         _fsync_dir(directory.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":  # disk full, read-only, quota
+            raise CheckpointError(_write_error(directory, exc)) from None
         raise
     return directory
+
+
+def _write_error(directory: Path, exc: BaseException) -> str:
+    """One line for a failed checkpoint write: the path and the system's reason (e.g. No space left on device)."""
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        reason = exc.strerror or str(exc)
+    else:  # safetensors reports the OS error inside its own message
+        where, reason = "", " ".join(str(exc).split())
+        for text in ("No space left on device", "Read-only file system", "Disk quota exceeded", "Permission denied"):
+            if text in reason:
+                reason = f"{text} ({reason})"
+                break
+    return f"cannot write checkpoint {directory}{where}: {reason}; the previous checkpoints are untouched"
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,18 +270,35 @@ class Checkpoint:
             raise CheckpointError(f"cannot read {path}: {exc}") from exc
 
     def config(self):
-        """The run configuration (a RunConfig) the checkpoint was trained with."""
+        """The run configuration (a RunConfig) the checkpoint was trained with.
+
+        ``data.allow_pipe`` is always off: a value read from meta.json never lets a ``pipe:`` root run."""
         from pydantic import ValidationError
 
         from gensynth.config import RunConfig, format_validation_error
 
         try:
-            return RunConfig.model_validate(self.meta["config"])
+            doc = copy.deepcopy(self.meta["config"])
+            if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
+                doc["data"].pop("allow_pipe", None)
+            return RunConfig.model_validate(doc)
         except KeyError:
             raise CheckpointError(f"{self.path / META} has no 'config'") from None
         except ValidationError as exc:
             raise CheckpointError(f"{self.path / META}: stored configuration is invalid for this gensynth version: "
                                   f"{format_validation_error(exc)}") from None
+
+
+    def config_with(self, overrides: dict[str, Any]):
+        """The stored configuration with the user's ``overrides`` (dotted keys, given on the command line) applied.
+
+        A ``pipe:`` data.root must come from the overrides together with ``data.allow_pipe=true``; one read from
+        meta.json is a ConfigError naming the file and the field."""
+        from gensynth.config import build_config, flatten
+
+        stored = flatten(self.config().model_dump(mode="json"))
+        cfg, _ = build_config([(str(self.path / META), stored), ("cli", dict(overrides))])
+        return cfg
 
 
 def _read_checkpoint_dir(path: Path, verify: bool) -> Checkpoint:
@@ -246,13 +318,29 @@ def _read_checkpoint_dir(path: Path, verify: bool) -> Checkpoint:
     files = meta.get("files")
     if not isinstance(files, dict) or "generator.safetensors" not in files:
         raise CheckpointError(f"{meta_path}: 'files' must list generator.safetensors")
-    for fname, digest in files.items():
+    for fname in files:
+        if not isinstance(fname, str) or "/" in fname or "\\" in fname or fname.startswith(".") or fname == META:
+            raise CheckpointError(f"{meta_path}: 'files' names {fname!r}, which is not a file of the checkpoint")
+    sums = read_checksums(path)
+    if sums is None:  # written before SHA256SUMS: meta.json's own list
+        sums, listed_in = {k: str(v) for k, v in files.items()}, META
+    else:
+        listed_in = CHECKSUMS
+        on_disk = sorted(p.name for p in path.iterdir() if p.is_file() and p.name != CHECKSUMS)
+        unlisted = [n for n in on_disk if n not in sums] + [n for n in files if n not in sums]
+        if unlisted:
+            raise CheckpointError(f"checkpoint file {path / unlisted[0]} is not covered by {path / CHECKSUMS} "
+                                  f"(added or renamed after saving)")
+    for fname in sums:
         fpath = path / fname
         if not fpath.is_file():
             raise CheckpointError(f"checkpoint file {fpath} is missing")
-        if verify and sha256_file(fpath) != digest:
-            raise CheckpointError(f"checkpoint file {fpath} is damaged: its sha256 does not match {META} "
+        if verify and sha256_file(fpath) != sums[fname]:
+            raise CheckpointError(f"checkpoint file {fpath} is damaged: its sha256 does not match {listed_in} "
                                   f"(truncated or modified)")
+    for fname in files:
+        if not (path / fname).is_file():
+            raise CheckpointError(f"checkpoint file {path / fname} is missing")
     return Checkpoint(path=path, meta=meta)
 
 
@@ -350,10 +438,23 @@ def prune_checkpoints(root: str | Path, keep_last: int, protect: list[Path | Non
             continue
         shutil.rmtree(p, ignore_errors=True)
         deleted.append(p)
+    remove_interrupted_writes(root)
+    return deleted
+
+
+def remove_interrupted_writes(root: str | Path) -> list[Path]:
+    """Remove what interrupted saves left in a run's ``checkpoints/``: ``.step_*.tmp-*`` / ``.old-*`` directories and
+    ``.LATEST.tmp-*`` / ``.BEST.tmp-*`` files. Only call it while holding the run (no save in progress)."""
+    root = Path(root)
+    removed = []
     for p in root.iterdir() if root.is_dir() else []:
         if p.is_dir() and p.name.startswith(".step_") and (".tmp-" in p.name or ".old-" in p.name):
             shutil.rmtree(p, ignore_errors=True)
-    return deleted
+            removed.append(p)
+        elif p.is_file() and p.name.startswith((f".{LATEST}.tmp-", f".{BEST}.tmp-")):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def tree_to_meta(value: Any) -> Any:

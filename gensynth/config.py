@@ -41,6 +41,8 @@ class DataConfig(Section):
     name: str = Field("demo", description="dataset name (gensynth datasets list)")
     root: Optional[str] = Field(None, description="shards (path, brace pattern, http(s)://, s3://, gs://, pipe:) "
                                                   "or the dataset's raw official layout")
+    allow_pipe: bool = Field(False, description="allow a pipe: data.root to run its shell command; honoured only "
+                                                "on the command line or in your own YAML, never from a checkpoint")
     split: str = "train"
     val_split: str = "val"
     size: Optional[tuple[int, int]] = Field(None, description="(H, W) training resolution; default: the dataset's")
@@ -278,6 +280,9 @@ def build_config(layers: list[tuple[str, dict[str, Any]]]) -> tuple[RunConfig, d
         raise ConfigError(format_validation_error(exc, provenance=provenance)) from None
     full = {k: "default" for k in flatten(cfg.model_dump())}
     full.update(provenance)
+    from gensynth.trust import check_command_sources
+
+    check_command_sources(cfg, full)
     return cfg, full
 
 

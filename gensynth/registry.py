@@ -27,6 +27,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        self.note = ""  # appended to unknown-name errors (e.g. which plugins were skipped as broken)
 
     def register(self, name: str, obj: T, *, plugin: str, description: str = "", options: Any = None,
                  **extra: Any) -> None:
@@ -49,7 +50,7 @@ class Registry(Generic[T]):
         except KeyError:
             available = ", ".join(sorted(self._entries)) or "(none: no plugin registered any)"
             raise RegistryError(
-                f"unknown {self.kind} {name!r}.{suggest(name, self._entries)} Available: {available}"
+                f"unknown {self.kind} {name!r}.{suggest(name, self._entries)} Available: {available}{self.note}"
             ) from None
 
     def get(self, name: str) -> T:

@@ -13,10 +13,11 @@ import warnings
 import pytest
 import torch
 
-from gensynth.checkpoint import (FORMAT, CheckpointWarning, list_checkpoints, load_checkpoint, prune_checkpoints,
-                                 read_pointer, save_checkpoint, step_dir_name, strip_prefixes, write_pointer)
+from gensynth.checkpoint import (CHECKSUMS, FORMAT, CheckpointWarning, list_checkpoints, load_checkpoint,
+                                 prune_checkpoints, read_pointer, save_checkpoint, step_dir_name, strip_prefixes,
+                                 write_checksums, write_pointer)
 from gensynth.config import RunConfig
-from gensynth.errors import CheckpointError
+from gensynth.errors import CheckpointError, ConfigError
 
 
 def _models(seed: int):
@@ -158,8 +159,57 @@ def test_training_state_never_unpickles_code(tmp_path):
     meta = json.loads((ck_dir / "meta.json").read_text())
     meta["files"]["training_state.pt"] = hashlib.sha256((ck_dir / "training_state.pt").read_bytes()).hexdigest()
     (ck_dir / "meta.json").write_text(json.dumps(meta))
+    write_checksums(ck_dir)  # a forger who also rewrites SHA256SUMS
     with pytest.raises(CheckpointError, match="cannot read .*training_state.pt"):
         load_checkpoint(ck_dir).training_state()
+
+
+def test_checksums_cover_every_file_meta_json_included(tmp_path):
+    ck_dir = _save(tmp_path, 1)
+    sums = dict(line.split("  ")[::-1] for line in (ck_dir / CHECKSUMS).read_text().splitlines())
+    assert set(sums) == {"meta.json", "generator.safetensors", "generator_ema.safetensors",
+                         "discriminator.safetensors", "training_state.pt"}
+    assert sums["generator.safetensors"] == load_checkpoint(ck_dir).meta["files"]["generator.safetensors"]
+    # meta.json edited (a pipe: data root slipped in): damaged, naming meta.json
+    meta = json.loads((ck_dir / "meta.json").read_text())
+    meta["config"]["data"]["root"] = "pipe:touch x"
+    (ck_dir / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"step_00000001/meta.json is damaged: its sha256 does not match "
+                                              r"SHA256SUMS"):
+        load_checkpoint(ck_dir)
+    write_checksums(ck_dir)
+    assert load_checkpoint(ck_dir).meta["config"]["data"]["root"] == "pipe:touch x"
+    # a file added after saving is not covered
+    (ck_dir / "extra.safetensors").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=r"step_00000001/extra.safetensors is not covered by .*SHA256SUMS"):
+        load_checkpoint(ck_dir)
+    (ck_dir / "extra.safetensors").unlink()
+    # a damaged SHA256SUMS is named
+    (ck_dir / CHECKSUMS).write_text("nonsense\n")
+    with pytest.raises(CheckpointError, match=r"step_00000001/SHA256SUMS is damaged: line 1"):
+        load_checkpoint(ck_dir)
+    # checkpoints written before SHA256SUMS existed are still read with meta.json's list
+    (ck_dir / CHECKSUMS).unlink()
+    assert load_checkpoint(ck_dir).step == 1
+
+
+def test_stored_config_never_allows_pipe(tmp_path):
+    ck_dir = _save(tmp_path, 1)
+    meta = json.loads((ck_dir / "meta.json").read_text())
+    meta["config"]["data"].update(root="pipe:touch x", allow_pipe=True)
+    (ck_dir / "meta.json").write_text(json.dumps(meta))
+    write_checksums(ck_dir)
+    ck = load_checkpoint(ck_dir)
+    assert ck.config().data.allow_pipe is False and ck.config().data.root == "pipe:touch x"
+    with pytest.raises(ConfigError, match=r"data.root 'pipe:touch x' \(from .*step_00000001/meta.json\) would run "
+                                          r"a shell command"):
+        ck.config_with({})
+    with pytest.raises(ConfigError, match=r"from .*meta.json\) would run a shell command"):
+        ck.config_with({"data.allow_pipe": True})  # the opt-in does not cover a root read from the checkpoint
+    cfg = ck.config_with({"data.root": "/data/shards"})
+    assert cfg.data.root == "/data/shards" and not cfg.data.allow_pipe
+    cfg = ck.config_with({"data.root": "pipe:cat a.tar", "data.allow_pipe": True})
+    assert cfg.data.allow_pipe and cfg.data.root == "pipe:cat a.tar"
 
 
 def test_prune_keeps_last_and_best(tmp_path):
@@ -224,3 +274,18 @@ def test_a_plain_weights_file_is_not_taken_for_a_checkpoint(tmp_path):
     torch.save({"fc.weight": torch.zeros(1)}, f)
     with pytest.raises(CheckpointError, match=r"best_G.pth is a file, not a gensynth checkpoint.*import-official"):
         load_checkpoint(f)
+
+
+def test_leftovers_of_interrupted_saves_are_removed(tmp_path):
+    from gensynth.checkpoint import remove_interrupted_writes
+
+    root = tmp_path / "checkpoints"
+    _save(root, 1)
+    (root / ".LATEST.tmp-1a2b3c4d").write_text("step_00000002\n")
+    (root / ".BEST.tmp-00000000").write_text("x")
+    (root / ".step_00000002.tmp-99-abcdef12").mkdir()
+    (root / ".step_00000001.old-abcdef12").mkdir()
+    removed = remove_interrupted_writes(root)
+    assert sorted(p.name for p in removed) == [".BEST.tmp-00000000", ".LATEST.tmp-1a2b3c4d",
+                                               ".step_00000001.old-abcdef12", ".step_00000002.tmp-99-abcdef12"]
+    assert sorted(p.name for p in root.iterdir()) == ["LATEST", "step_00000001"]

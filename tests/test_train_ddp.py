@@ -65,17 +65,29 @@ def test_two_processes_gloo(tmp_path, tiny_cache):
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["ddp"] == r1["ddp"] == "DistributedDataParallel"
     assert r0["step"] == r1["step"] == 4
-    # identical weights on every rank, and training did change them
+    # identical weights on every rank, and training did change them; BN running statistics are each rank's own
+    # (plain BN under DDP sees that rank's data): the checkpoint holds their average, and each rank's own values
+    # in its training state
+    def bn_stat(k):
+        return k.endswith(("running_mean", "running_var"))
+
     for part in ("G", "D", "EMA"):
         assert r0[part].keys() == r1[part].keys()
         for k in r0[part]:
-            assert torch.equal(r0[part][k], r1[part][k]), f"{part}.{k} differs between ranks"
+            if not bn_stat(k):
+                assert torch.equal(r0[part][k], r1[part][k]), f"{part}.{k} differs between ranks"
+    assert any(not torch.equal(r0["G"][k], r1["G"][k]) for k in r0["G"] if bn_stat(k))
     from gensynth.checkpoint import load_checkpoint
 
     ck = load_checkpoint(run_dir)
     assert ck.step == 4 and ck.meta["world_size"] == 2 and ck.meta["data_position"] == 8  # 2 micro-batches/step
     for k, v in ck.state("generator").items():
-        assert torch.equal(v, r0["G"][k])
+        expected = (r0["G"][k] + r1["G"][k]) / 2 if bn_stat(k) else r0["G"][k]
+        assert torch.equal(v, expected), k
+    per_rank = ck.training_state()["ranks"]
+    for rank, r in enumerate((r0, r1)):
+        for k, v in per_rank[rank]["bn"]["generator"].items():
+            assert torch.equal(v, r["G"][k]), f"rank {rank} {k}"
     first = load_checkpoint(run_dir / "checkpoints" / "step_00000002").state("generator")
     assert any(not torch.equal(first[k], r0["G"][k]) for k in first if first[k].is_floating_point())
     # global batch 4 over 2 ranks: 2 samples per rank per step (2 micro-batches of 1), different on each rank

@@ -101,7 +101,10 @@ def inspect(path):
     from gensynth.data import openers
     from gensynth.data.shards import iter_tar_samples
 
+    from gensynth.data.shards import check_card_shard_names
+
     base, card = _find_card(path)
+    check_card_shard_names(card, path)
     console = Console()
     problems = []
     for s in card["shards"]:

@@ -49,31 +49,24 @@ def command(checkpoint, data, data_root, split, metrics, out, no_ema, num_sample
     from rich.console import Console
 
     from gensynth.api import load_model, resolve_device
-    from gensynth.config import RunConfig, parse_set
+    from gensynth.config import parse_set
     from gensynth.errors import ConfigError
     from gensynth.eval.evaluate import evaluate, parse_metrics
 
     names = parse_metrics(metrics)
     dev = resolve_device(device)
     m = load_model(checkpoint, ema=not no_ema, device=dev)
-    cfg_doc = m.config.model_dump()
     if data is not None and data != m.config.data.name:
         raise ConfigError(f"--data {data!r} differs from the dataset the run was trained on "
                           f"({m.config.data.name!r}); a model is evaluated on its own dataset")
+    overrides = parse_set(list(sets))
     if data_root is not None:
-        cfg_doc["data"]["root"] = data_root
+        overrides["data.root"] = data_root
     if split is not None:
-        cfg_doc["data"]["val_split"] = split
+        overrides["data.val_split"] = split
     if num_samples is not None:
-        cfg_doc["eval"]["num_samples"] = num_samples
-    for key, value in parse_set(list(sets)).items():
-        section, _, rest = key.partition(".")
-        node = cfg_doc[section]
-        *path, last = rest.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = value
-    cfg = RunConfig.model_validate(cfg_doc)
+        overrides["eval.num_samples"] = num_samples
+    cfg = m.checkpoint.config_with(overrides)
     console = Console(stderr=True)
     report = evaluate(m.generator, m.parts, cfg, device=dev, metrics=names, checkpoint=checkpoint,
                       batch_size=batch_size)

@@ -1,6 +1,7 @@
 """The ``gensynth`` command line (click + rich)."""
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -18,6 +19,10 @@ from gensynth.errors import GensynthError  # noqa: E402
 CORE_COMMANDS = ["train", "generate", "evaluate", "segment", "segmenter", "datasets", "models", "plugins", "compare"]
 
 
+# the file system's refusals (disk full, read-only, quota, permissions): one line naming the path, not a traceback
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
 class GensynthGroup(click.Group):
     """Turns gensynth's own errors into one red line (no traceback) and exit code 2."""
 
@@ -26,6 +31,13 @@ class GensynthGroup(click.Group):
             return super().invoke(ctx)
         except GensynthError as exc:
             Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            ctx.exit(2)
+        except OSError as exc:
+            if exc.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            Console(stderr=True).print(f"[bold red]error:[/] {where}{exc.strerror}", highlight=False, markup=True,
+                                       soft_wrap=True)
             ctx.exit(2)
 
 
@@ -63,10 +75,27 @@ def _add_plugin_commands() -> None:
     _plugin_commands_added = True
     from gensynth.plugins import get_host
 
-    get_host().pm.hook.register_commands(cli=cli)
+    get_host().add_commands(cli)
+
+
+def _show_gensynth_warnings_as_one_line() -> None:
+    """gensynth's own warnings (a skipped plugin, a damaged checkpoint passed over) are one yellow line on stderr,
+    not Python's two lines with the source."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.split(".")[0] == "gensynth":
+            Console(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def main(argv: list[str] | None = None) -> None:
+    _show_gensynth_warnings_as_one_line()
     try:
         _add_plugin_commands()
     except GensynthError as exc:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,7 +19,7 @@ import numpy as np
 from gensynth.errors import DataError
 from gensynth.interfaces import DatasetSpec
 from gensynth.data.shards import (EncodedSample, ShardWriter, card_filename, encode_sample, make_card,
-                                  write_json_atomic)
+                                  shard_filename, write_json_atomic)
 
 
 @dataclass
@@ -37,9 +39,35 @@ class ConvertOptions:
 _WORKER_STATE: dict[str, Any] = {}
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _init_worker(spec: DatasetSpec, root: str, split: str, resize) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER_STATE.update(spec=spec, root=root, split=split, resize=resize)
+
+
+def _init_pool_worker(spec: DatasetSpec, root: str, split: str, resize) -> None:
+    """A pool worker's own signal handling, never the parent's: SIGTERM ends it (as ``Pool.terminate`` expects;
+    the trainer's handler would only note a stop request and the pool's shutdown would wait forever), SIGINT is
+    left to the parent (Ctrl-C reaches the whole process group). Signals were blocked at the fork: unblocked here."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    _init_worker(spec, root, split, resize)
+
+
+def _start_pool(workers: int, initargs: tuple):
+    """Worker processes that do not inherit the caller's SIGTERM/SIGINT handlers (see _init_pool_worker).
+
+    SIGTERM and SIGINT are blocked while the workers are forked, so none arrives before a worker has reset its
+    handlers; a signal meant for the caller in that moment is delivered to it when they are unblocked."""
+    ctx = mp.get_context("spawn" if os.environ.get("GENSYNTH_MP_SPAWN") else None)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        return ctx.Pool(workers, initializer=_init_pool_worker, initargs=initargs)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _work(item) -> tuple[str, Any, str]:
@@ -78,24 +106,75 @@ def convert(spec: DatasetSpec, root: str | None, split: str, out: str | Path, op
     """Write ``NAME-SPLIT-%06d.tar`` shards and ``NAME-SPLIT.card.json`` into ``out``; return the card.
 
     Bad input raises DataError naming the file (or, with ``skip_bad``, is listed in the report).
-    The old card is removed first and the new one written last, so a partial run never looks complete.
+    Shards are written into a hidden staging directory inside ``out`` and moved into place only when the whole
+    split converted, so a failed re-conversion leaves the previous shards and card as they were. While moving,
+    the old card is removed first and the new one written last, so a half-moved split never looks complete.
     """
     opts = opts or ConvertOptions()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     card_path = out / card_filename(spec.name, split)
-    card_path.unlink(missing_ok=True)
     report_path = out / f"{spec.name}-{split}.skipped.json"
-    if hasattr(spec, "classes_text"):  # classes that come from the data travel with the shards
-        from gensynth.data.loader import CLASSES_FILE
+    remove_stale_staging(out)
+    stage = out / f"{_STAGING_PREFIX}{spec.name}-{split}-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        shards, hist, skipped, has_inst = _convert_into(spec, root, split, stage, opts, console)
+        if not shards:
+            raise DataError(f"no samples converted for {spec.name} split {split!r} from {root}"
+                            + (f" ({len(skipped)} skipped, see {report_path})" if skipped else ""))
+        card = make_card(spec, split, shards, hist, source=str(root), resize=opts.resize, has_instances=has_inst,
+                         skipped=len(skipped))
+        card_path.unlink(missing_ok=True)
+        for shard in shards:
+            os.replace(stage / shard["name"], out / shard["name"])
+        index = len(shards)  # shards of a previous, longer conversion with the same name
+        while (stale := out / shard_filename(spec.name, split, index)).exists():
+            stale.unlink()
+            index += 1
+        if hasattr(spec, "classes_text"):  # classes that come from the data travel with the shards
+            from gensynth.data.loader import CLASSES_FILE
 
-        tmp = out / f".{CLASSES_FILE}.tmp"
-        tmp.write_text(spec.classes_text())
-        os.replace(tmp, out / CLASSES_FILE)
+            (stage / CLASSES_FILE).write_text(spec.classes_text())
+            os.replace(stage / CLASSES_FILE, out / CLASSES_FILE)
+        if skipped:
+            write_json_atomic(report_path, {"dataset": spec.name, "split": split, "source": str(root),
+                                            "skipped": skipped})
+        else:
+            report_path.unlink(missing_ok=True)
+        write_json_atomic(card_path, card)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return card
+
+
+_STAGING_PREFIX = ".converting-"
+
+
+def remove_stale_staging(out: Path) -> None:
+    """Remove staging directories of conversions whose process is gone (killed while converting)."""
+    for p in out.glob(f"{_STAGING_PREFIX}*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if p.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _convert_into(spec: DatasetSpec, root, split: str, stage: Path, opts: ConvertOptions, console):
+    """Convert every sample into shards in ``stage``: (shards, raw-id histogram, skipped items, has instances)."""
     total = _count(spec, root, split, opts)
     use_pool = opts.workers > 1 and hasattr(spec, "load_raw") and bool(total)
-
-    writer = ShardWriter(out, spec.name, split, opts.shard_size)
+    writer = ShardWriter(stage, spec.name, split, opts.shard_size)
     hist = np.zeros(0, dtype=np.int64)
     skipped: list[dict] = []
     has_inst = False
@@ -106,8 +185,7 @@ def convert(spec: DatasetSpec, root: str | None, split: str, out: str | Path, op
                         TimeRemainingColumn(), console=console, disable=not opts.progress, transient=False)
     try:
         if use_pool:
-            ctx = mp.get_context("spawn" if os.environ.get("GENSYNTH_MP_SPAWN") else None)
-            pool = ctx.Pool(opts.workers, initializer=_init_worker, initargs=(spec, root, split, opts.resize))
+            pool = _start_pool(opts.workers, (spec, root, split, opts.resize))
             results = pool.imap(_work, spec.list_raw(root, split), chunksize=1)
         else:
             results = _sequential(spec, root, split, opts)
@@ -134,18 +212,7 @@ def convert(spec: DatasetSpec, root: str | None, split: str, out: str | Path, op
         if pool is not None:
             pool.terminate()
             pool.join()
-    if not shards:
-        raise DataError(f"no samples converted for {spec.name} split {split!r} from {root}"
-                        + (f" ({len(skipped)} skipped, see {report_path})" if skipped else ""))
-    if skipped:
-        write_json_atomic(report_path, {"dataset": spec.name, "split": split, "source": str(root),
-                                        "skipped": skipped})
-    else:
-        report_path.unlink(missing_ok=True)
-    card = make_card(spec, split, shards, hist, source=str(root), resize=opts.resize, has_instances=has_inst,
-                     skipped=len(skipped))
-    write_json_atomic(card_path, card)
-    return card
+    return shards, hist, skipped, has_inst
 
 
 def read_card_file(path: str | Path) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -28,9 +29,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gensynth.data import openers
 from gensynth.data.raw_cache import ensure_cached, target_size
-from gensynth.data.shards import card_filename, iter_tar_samples
+from gensynth.data.shards import card_filename, check_card_shard_names, iter_tar_samples
 from gensynth.data.transforms import Sample, SampleDecoder
-from gensynth.errors import DataError
+from gensynth.errors import DataError, GensynthError
+from gensynth.trust import refusal, runs_command
 from gensynth.interfaces import Condition, DatasetSpec, check_label_range, instance_edges, one_hot
 
 
@@ -73,14 +75,14 @@ def _expand(pattern: str) -> list[str]:
     return list(braceexpand(pattern))
 
 
-def _scan_card(urls: list[str], spec: DatasetSpec, split: str) -> dict:
+def _scan_card(urls: list[str], spec: DatasetSpec, split: str, allow_pipe: bool = False) -> dict:
     """A minimal card built by reading every shard once (when no card was published)."""
     warnings.warn(f"no dataset card found for {spec.name} {split}; counting samples by reading {len(urls)} shard(s)",
                   stacklevel=3)
     shards = []
     for url in urls:
-        with openers.open_url(url) as f:
-            count = sum(1 for _ in iter_tar_samples(f, url))
+        with openers.open_url(url, allow_pipe=allow_pipe) as f:
+            count = sum(1 for _ in iter_tar_samples(f, url, require_end=True))
         shards.append({"name": url.rsplit("/", 1)[-1], "count": count})
     return {"dataset": spec.name, "split": split, "num_samples": sum(s["count"] for s in shards), "shards": shards}
 
@@ -99,6 +101,7 @@ def _check_card(card: dict, where: str, spec: DatasetSpec, split: str) -> dict:
         raise DataError(f"{where}: the shards hold dataset {card.get('dataset')!r}, but data.name is {spec.name!r}")
     if not card.get("shards"):
         raise DataError(f"{where}: the dataset card lists no shards for split {split!r}")
+    check_card_shard_names(card, where)
     return card
 
 
@@ -125,11 +128,17 @@ def configure_spec(spec: DatasetSpec, data_cfg) -> DatasetSpec:
     local = openers.local_path(root)
     if local is not None and local.is_dir():
         return spec.for_root(local)
+    if openers.is_pipe(root):
+        raise DataError(f"data.root {root!r}: dataset {spec.name!r} reads its classes from the {CLASSES_FILE} beside "
+                        f"its shards, which a pipe: root does not have; give the shards' directory or URL")
     base = openers.dirname(_expand(root)[0]) if ("{" in root or root.endswith(".tar")) else root
     url = openers.join(base, CLASSES_FILE)
-    if not openers.is_pipe(root) and openers.exists(url):
+    if openers.exists(url):
         return spec.from_classes_text(openers.read_bytes(url).decode(), url)
-    return spec
+    if local is not None and not (local.exists() or Path(base).expanduser().is_dir()):
+        return spec  # a local root that does not exist: resolve_shards names it
+    raise DataError(f"{url} does not exist: dataset {spec.name!r} reads its classes from the {CLASSES_FILE} that "
+                    f"`gensynth datasets convert` writes beside the shards; copy it there with them")
 
 
 def resolve_shards(data_cfg, spec: DatasetSpec, split: str) -> tuple[list[str], dict]:
@@ -140,10 +149,13 @@ def resolve_shards(data_cfg, spec: DatasetSpec, split: str) -> tuple[list[str], 
     if root is None:
         return _from_dir(str(ensure_cached(data_cfg, spec, split)), spec, split)
     root = str(root)
+    allow_pipe = bool(getattr(data_cfg, "allow_pipe", False))
+    if runs_command(root) and not allow_pipe:
+        raise DataError(refusal(root))
     if "{" in root or root.endswith(".tar") or openers.is_pipe(root):
         urls = _expand(root)
         if openers.is_pipe(root):
-            return urls, _scan_card(urls, spec, split)
+            return urls, _scan_card(urls, spec, split, allow_pipe)
         card_url = openers.join(openers.dirname(urls[0]), card_filename(spec.name, split))
         if openers.exists(card_url):
             card = _check_card(_load_card(card_url), card_url, spec, split)
@@ -152,7 +164,7 @@ def resolve_shards(data_cfg, spec: DatasetSpec, split: str) -> tuple[list[str], 
             if all(n in by_name for n in names):
                 shards = [by_name[n] for n in names]
                 return urls, {**card, "shards": shards, "num_samples": sum(s["count"] for s in shards)}
-        return urls, _scan_card(urls, spec, split)
+        return urls, _scan_card(urls, spec, split, allow_pipe)
     if openers.is_remote(root):
         found = _from_dir(root, spec, split)
         if found is None:
@@ -205,8 +217,9 @@ class _ShardStream(IterableDataset):
 
     def __init__(self, urls: list[str], counts: list[int], decoder: SampleDecoder, *, train: bool, batch_size: int,
                  rank: int, world_size: int, seed: int, start_batch: int, shuffle_buffer: int, flip: bool,
-                 limit: int | None, num_workers: int):
+                 limit: int | None, num_workers: int, allow_pipe: bool = False):
         super().__init__()
+        self.allow_pipe = allow_pipe
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -222,21 +235,21 @@ class _ShardStream(IterableDataset):
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     # -- reading ---------------------------------------------------------------------------
-    def _read_unit(self, unit: Unit) -> Iterator[tuple[str, dict, int]]:
-        """(key, files, global index) of the unit's samples in stored order, undecoded."""
+    def _read_unit(self, unit: Unit) -> Iterator[tuple[str, dict, int, str]]:
+        """(key, files, global index, shard URL) of the unit's samples in stored order, undecoded."""
         url = self.urls[unit.shard]
         n = 0
-        with openers.open_url(url) as f:
+        with openers.open_url(url, allow_pipe=self.allow_pipe) as f:
             for j, (key, files) in enumerate(iter_tar_samples(f, url)):
                 n = j + 1
                 if j % unit.nparts == unit.part:
-                    yield key, files, int(self.offsets[unit.shard]) + j
+                    yield key, files, int(self.offsets[unit.shard]) + j, url
         if n != self.counts[unit.shard]:
             raise DataError(f"{url}: holds {n} samples but the dataset card says {self.counts[unit.shard]} "
                             f"(re-convert or check with `gensynth datasets inspect`)")
 
-    def _decode(self, key: str, files: dict, flip: bool) -> Sample:
-        return self.decoder(key, files, flip=flip, where=key)
+    def _decode(self, key: str, files: dict, flip: bool, url: str) -> Sample:
+        return self.decoder(key, files, flip=flip, where=url)
 
     # -- training --------------------------------------------------------------------------
     def _epoch_units(self, epoch: int, slot: int) -> list[Unit]:
@@ -244,7 +257,7 @@ class _ShardStream(IterableDataset):
         per_slot = math.ceil(len(self.units) / self.slots)
         return [self.units[order[(slot + i * self.slots) % len(self.units)]] for i in range(per_slot)]
 
-    def _shuffled(self, units: list[Unit], rng: np.random.Generator) -> Iterator[tuple[str, dict, int]]:
+    def _shuffled(self, units: list[Unit], rng: np.random.Generator) -> Iterator[tuple[str, dict, int, str]]:
         buf: list = []
         for unit in units:
             for item in self._read_unit(unit):
@@ -270,10 +283,10 @@ class _ShardStream(IterableDataset):
                 continue
             flips = np.random.default_rng([self.seed, epoch, slot, 2]).random(n) < 0.5
             rng = np.random.default_rng([self.seed, epoch, slot, 1])
-            for pos, (key, files, _) in enumerate(self._shuffled(units, rng)):
+            for pos, (key, files, _, url) in enumerate(self._shuffled(units, rng)):
                 if pos < skip:
                     continue  # skipped before decoding
-                yield self._decode(key, files, bool(self.flip and flips[pos]))
+                yield self._decode(key, files, bool(self.flip and flips[pos]), url)
             skip = 0
             epoch += 1
 
@@ -284,12 +297,21 @@ class _ShardStream(IterableDataset):
                 continue
             if self.limit is not None and self.offsets[unit.shard] >= self.limit:
                 continue
-            for key, files, g in self._read_unit(unit):
+            for key, files, g, url in self._read_unit(unit):
                 if self.limit is None or g < self.limit:
-                    yield self._decode(key, files, False)
+                    yield self._decode(key, files, False, url)
 
     # -- batching --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
+        if get_worker_info() is None:
+            yield from self._batches()
+            return
+        try:
+            yield from self._batches()
+        except GensynthError as exc:  # handed to the main process as is (no "Caught ... in DataLoader worker" wall)
+            yield _ErrorInWorker(exc)
+
+    def _batches(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if workers != self.num_workers:
@@ -313,6 +335,13 @@ class _ShardStream(IterableDataset):
             yield collate(chunk)
 
 
+class _ErrorInWorker:
+    """A gensynth error raised in a DataLoader worker, sent to the main process to be raised there unchanged."""
+
+    def __init__(self, exc: GensynthError):
+        self.exc = exc
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -323,7 +352,16 @@ def _loader(stream: _ShardStream, num_workers: int) -> Iterator[Batch]:
         return
     dl = DataLoader(stream, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init,
                     prefetch_factor=2, pin_memory=torch.cuda.is_available(), persistent_workers=False)
-    yield from dl
+    it = iter(dl)
+    try:
+        for item in it:
+            if isinstance(item, _ErrorInWorker):
+                raise item.exc
+            yield item
+    finally:  # workers end now, not whenever the garbage collector frees an iterator kept alive by a traceback
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def _decoder(data_cfg, spec: DatasetSpec) -> SampleDecoder:
@@ -344,7 +382,7 @@ def train_batches(data_cfg, spec: DatasetSpec, *, batch_size: int, rank: int, wo
     stream = _ShardStream(urls, counts, _decoder(data_cfg, spec), train=True, batch_size=batch_size, rank=rank,
                           world_size=world_size, seed=seed, start_batch=start_batch,
                           shuffle_buffer=data_cfg.shuffle_buffer, flip=data_cfg.flip, limit=None,
-                          num_workers=workers)
+                          num_workers=workers, allow_pipe=bool(getattr(data_cfg, "allow_pipe", False)))
     return _loader(stream, workers)
 
 
@@ -361,7 +399,7 @@ def eval_batches(data_cfg, spec: DatasetSpec, *, batch_size: int, rank: int = 0,
     workers = data_cfg.num_workers if num_workers is None else num_workers
     stream = _ShardStream(urls, counts, _decoder(data_cfg, spec), train=False, batch_size=batch_size, rank=rank,
                           world_size=world_size, seed=0, start_batch=0, shuffle_buffer=0, flip=False, limit=limit,
-                          num_workers=workers)
+                          num_workers=workers, allow_pipe=bool(getattr(data_cfg, "allow_pipe", False)))
     return _loader(stream, workers)
 
 

@@ -7,9 +7,11 @@ environment variables and config files. The S3 endpoint of an S3-compatible stor
 """
 from __future__ import annotations
 
+import http.client
 import os
 import posixpath
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from gensynth.errors import DataError
+from gensynth.trust import COMMAND_PREFIXES, refusal
 
 REMOTE_SCHEMES = ("http://", "https://", "s3://", "gs://", "gcs://")
 
@@ -26,7 +29,7 @@ def is_remote(url: str) -> bool:
 
 
 def is_pipe(url: str) -> bool:
-    return url.startswith("pipe:")
+    return url.strip().startswith(COMMAND_PREFIXES)
 
 
 def local_path(url: str) -> Path | None:
@@ -85,8 +88,97 @@ class _PipeStream:
         self.close()
 
 
-def open_url(url: str) -> IO[bytes]:
-    """Open ``url`` for binary reading; DataError naming the URL when it does not exist or fails."""
+# transient failures of remote reads: retried with exponential backoff before the run fails
+READ_ATTEMPTS = max(1, int(os.environ.get("GENSYNTH_READ_ATTEMPTS", "5")))
+FIRST_BACKOFF_S = float(os.environ.get("GENSYNTH_READ_BACKOFF", "0.5"))
+_TRANSIENT_HTTP = (408, 425, 429, 500, 502, 503, 504)
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(min(FIRST_BACKOFF_S * 2 ** attempt, 8.0))
+
+
+def _http_error(url: str, exc: BaseException, attempts: int) -> DataError:
+    if isinstance(exc, urllib.error.HTTPError):
+        why = f"HTTP {exc.code} {exc.reason}"
+    else:
+        why = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+    tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+    return DataError(f"cannot read {url}: {why}{tries}")
+
+
+class _HTTPStream:
+    """An http(s) body as a readable stream that survives transient failures: failed requests (timeouts, resets,
+    HTTP 408/429/5xx) are retried with backoff, and a connection lost mid-body is resumed with a Range request
+    from the byte reached, at most READ_ATTEMPTS times per read."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.pos = 0
+        self.resp = self._open()
+
+    def _open(self):
+        last: BaseException | None = None
+        for attempt in range(READ_ATTEMPTS):
+            if attempt:
+                _backoff(attempt - 1)
+            headers = {"Range": f"bytes={self.pos}-"} if self.pos else {}
+            try:
+                resp = urllib.request.urlopen(urllib.request.Request(self.url, headers=headers),  # noqa: S310
+                                              timeout=60)
+            except urllib.error.HTTPError as exc:
+                if exc.code not in _TRANSIENT_HTTP:
+                    raise _http_error(self.url, exc, 1) from None
+                last = exc
+                continue
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                last = exc
+                continue
+            if self.pos and resp.status != 206:  # the server ignored the range: skip what was read already
+                skip = self.pos
+                while skip:
+                    chunk = resp.read(min(skip, 1 << 20))
+                    if not chunk:
+                        break
+                    skip -= len(chunk)
+            return resp
+        raise _http_error(self.url, last, READ_ATTEMPTS)
+
+    def read(self, n: int = -1) -> bytes:
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                data = self.resp.read(n) if n is not None and n >= 0 else self.resp.read()
+                remaining = getattr(self.resp, "length", None)
+                if data or n == 0 or not remaining:
+                    self.pos += len(data)
+                    return data
+                failure: BaseException = http.client.IncompleteRead(b"", remaining)  # closed early
+            except (OSError, http.client.HTTPException) as exc:
+                failure = exc
+            self.resp.close()
+            if attempt == READ_ATTEMPTS - 1:
+                raise _http_error(self.url, failure, READ_ATTEMPTS)
+            _backoff(attempt)
+            self.resp = self._open()
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.resp.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_url(url: str, *, allow_pipe: bool = False) -> IO[bytes]:
+    """Open ``url`` for binary reading; DataError naming the URL when it does not exist or fails.
+
+    ``pipe:COMMAND`` runs COMMAND only with ``allow_pipe`` (the user's own data.root with data.allow_pipe=true);
+    otherwise it is refused: URLs from cards, checkpoints and other files never start a process."""
+    if is_pipe(url) and not allow_pipe:
+        raise DataError(refusal(url))
     path = local_path(url)
     if path is not None:
         try:
@@ -94,21 +186,23 @@ def open_url(url: str) -> IO[bytes]:
         except OSError as exc:
             raise DataError(f"cannot open {path}: {exc.strerror or exc}") from None
     if is_pipe(url):
-        return _PipeStream(url)  # type: ignore[return-value]
+        return _PipeStream(url.strip())  # type: ignore[return-value]
     if url.startswith(("http://", "https://")):
-        try:
-            return urllib.request.urlopen(url, timeout=60)  # noqa: S310 (http(s) only)
-        except urllib.error.HTTPError as exc:
-            raise DataError(f"cannot read {url}: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise DataError(f"cannot read {url}: {getattr(exc, 'reason', exc)}") from None
+        return _HTTPStream(url)  # type: ignore[return-value]
     fs = _fsspec_fs(url)
-    try:
-        return fs.open(url, "rb")
-    except FileNotFoundError:
-        raise DataError(f"cannot read {url}: no such object") from None
-    except Exception as exc:  # botocore / gcsfs errors
-        raise DataError(f"cannot read {url}: {exc}") from None
+    last: BaseException | None = None
+    for attempt in range(READ_ATTEMPTS):  # s3fs / gcsfs retry inside a read; opening is retried here
+        if attempt:
+            _backoff(attempt - 1)
+        try:
+            return fs.open(url, "rb")
+        except FileNotFoundError:
+            raise DataError(f"cannot read {url}: no such object") from None
+        except PermissionError as exc:
+            raise DataError(f"cannot read {url}: {exc}") from None
+        except Exception as exc:  # botocore / gcsfs errors: connection problems, throttling, 5xx
+            last = exc
+    raise DataError(f"cannot read {url}: {' '.join(str(last).split())} (after {READ_ATTEMPTS} attempts)")
 
 
 def read_bytes(url: str) -> bytes:
@@ -123,12 +217,20 @@ def exists(url: str) -> bool:
     if is_pipe(url):
         return False
     if url.startswith(("http://", "https://")):
-        req = urllib.request.Request(url, method="HEAD")
-        try:
-            with urllib.request.urlopen(req, timeout=30):  # noqa: S310
-                return True
-        except (urllib.error.URLError, OSError):
-            return False
+        last: BaseException | None = None
+        for attempt in range(READ_ATTEMPTS):
+            if attempt:
+                _backoff(attempt - 1)
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30):  # noqa: S310
+                    return True
+            except urllib.error.HTTPError as exc:
+                if exc.code not in _TRANSIENT_HTTP:
+                    return False  # 404, 403 ...: not there for us
+                last = exc
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                last = exc
+        raise _http_error(url, last, READ_ATTEMPTS)
     try:
         return _fsspec_fs(url).exists(url)
     except DataError:

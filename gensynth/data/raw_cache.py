@@ -131,8 +131,9 @@ def ensure_cached(data_cfg, spec: DatasetSpec, split: str, *, console=None, prog
             if card.exists() and (current is None or source_changes(_read_record(out), current) is None):
                 _VERIFIED.add(str(out))
                 return out  # another process converted it while we waited
+            for left in out.parent.glob(f".{out.name}.tmp*"):  # of killed conversions (we hold their lock now)
+                shutil.rmtree(left, ignore_errors=True)
             tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
             opts = ConvertOptions(resize=size, workers=1 if root is None else max(1, min(4, os.cpu_count() or 1)),
                                   skip_bad=False, shard_size=_shard_size(spec, data_cfg), progress=progress,
                                   raw_kwargs=raw_kwargs)

@@ -225,11 +225,41 @@ class ShardWriter:
 # ---------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------
-def iter_tar_samples(stream: IO[bytes], where: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) for consecutive members of a tar stream grouped by key (text before the first dot)."""
+class _TailTracker:
+    """A read-only stream wrapper that remembers how many bytes were read and the last ones (to look at the end of
+    a tar archive after tarfile has stopped reading it)."""
+
+    KEEP = 64 * 1024
+
+    def __init__(self, stream: IO[bytes]):
+        self.stream = stream
+        self.total = 0
+        self.tail = b""
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        self.total += len(data)
+        self.tail = (self.tail + data)[-self.KEEP:]
+        return data
+
+    def block_at(self, offset: int, size: int = 512) -> bytes | None:
+        """The ``size`` bytes at archive ``offset`` when read and still kept, b"" when the stream ended before."""
+        if offset + size > self.total:
+            return b""
+        start = offset - (self.total - len(self.tail))
+        return self.tail[start:start + size] if start >= 0 else None
+
+
+def iter_tar_samples(stream: IO[bytes], where: str, *, require_end: bool = False
+                     ) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) for consecutive members of a tar stream grouped by key (text before the first dot).
+
+    require_end: a DataError naming ``where`` and the last whole sample when an uncompressed archive stops without
+    its end-of-archive marker (a shard cut short at a member boundary reads like a complete one otherwise)."""
     key, files = None, {}
+    tracker = _TailTracker(stream) if require_end else None
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with tarfile.open(fileobj=tracker or stream, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -243,6 +273,12 @@ def iter_tar_samples(stream: IO[bytes], where: str) -> Iterator[tuple[str, dict[
                         yield key, files
                     key, files = k, {}
                 files[ext] = data
+            if tracker is not None and getattr(tar.fileobj, "comptype", "tar") == "tar":
+                end = tracker.block_at(tar.offset)
+                if end is not None and (len(end) < 512 or end.count(0) != 512):
+                    last = f"after sample {key!r}" if key is not None else "before its first sample"
+                    raise DataError(f"{where}: the shard stops {last} without the tar end-of-archive marker "
+                                    f"(cut short?); re-create it, or publish a dataset card with its sample counts")
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(f"{where}: damaged shard ({type(exc).__name__}: {exc})") from None
     if key is not None:
@@ -280,6 +316,17 @@ def make_card(spec: DatasetSpec, split: str, shards: list[dict], histogram: np.n
         "skipped": skipped,
         "tool": f"gensynth {__version__}",
     }
+
+
+def check_card_shard_names(card: dict, where: str) -> None:
+    """DataError naming the card when a shard entry is not a plain file name (a card only names files beside it:
+    never a path elsewhere, a URL or a ``pipe:`` command)."""
+    for entry in card.get("shards") or []:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if (not isinstance(name, str) or not name or "/" in name or "\\" in name or ":" in name
+                or name.startswith(".")):
+            raise DataError(f"{where}: shard entry {name!r} is not a file name beside the card (a card may not name "
+                            f"paths, URLs or commands)")
 
 
 def write_json_atomic(path: Path, doc: dict) -> None:

@@ -46,11 +46,16 @@ class SampleDecoder:
         try:
             img = Image.open(io.BytesIO(files[ext]))
             img = img.convert("RGB")
+            raw_label = decode_id_png(files["label.png"])
+            raw_inst = decode_id_png(files["inst.png"]) if self.with_instances and "inst.png" in files else None
+            w, h = img.size
+            for what, m in (("label.png", raw_label), ("inst.png", raw_inst)):
+                if m is not None and m.shape != (h, w):
+                    raise DataError(f"{where}: sample {key!r}: {what} is {m.shape[1]}x{m.shape[0]} (WxH) but its "
+                                    f"image is {w}x{h}; image and maps must have one size")
             img = resize_image(img, self.size, self.resample)
-            label = nearest_resize(decode_id_png(files["label.png"]), self.size)
-            inst = None
-            if self.with_instances and "inst.png" in files:
-                inst = nearest_resize(decode_id_png(files["inst.png"]), self.size)
+            label = nearest_resize(raw_label, self.size)
+            inst = None if raw_inst is None else nearest_resize(raw_inst, self.size)
         except DataError:
             raise
         except Exception as exc:

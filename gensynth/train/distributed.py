@@ -38,11 +38,9 @@ def launched_by_torchrun() -> bool:
 
 def pick_device(spec: str, local_rank: int) -> torch.device:
     """trainer.device ("auto", "cpu", "cuda", "cuda:1") -> a device; under DDP "auto"/"cuda" use cuda:local_rank."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        spec = f"cuda:{local_rank}"
-    device = torch.device(spec)
+    from gensynth.devices import resolve_device
+
+    device = resolve_device(spec, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
@@ -126,16 +124,35 @@ def wrap_ddp(module: nn.Module, info: DistInfo, find_unused: bool = False) -> nn
         return DDP(module, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=find_unused)
 
 
-def average_bn_buffers(module: nn.Module, info: DistInfo) -> None:
-    """Average BatchNorm running statistics over ranks (plain BN under DDP drifts apart per rank's data).
+def _bn_modules(module: nn.Module):
+    for name, m in module.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            yield (name + "." if name else ""), m
 
-    Parameters are kept identical by DDP; this makes the saved buffers identical too.
-    """
+
+def bn_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """This process's BatchNorm running statistics of ``module`` by state-dict key (CPU copies)."""
+    out = {}
+    for prefix, m in _bn_modules(module):
+        for b in ("running_mean", "running_var", "num_batches_tracked"):
+            t = getattr(m, b, None)
+            if t is not None:
+                out[prefix + b] = t.detach().to("cpu").clone()
+    return out
+
+
+def averaged_bn_state(module: nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:
+    """``module.state_dict()`` with BatchNorm running means/variances averaged over ranks, for saving.
+
+    Plain BN under DDP drifts apart per rank's data; the saved weights hold the average, while every rank keeps
+    training with its own statistics (saved per rank in the training state), so saving changes nothing."""
+    state = dict(module.state_dict())
     if not info.enabled:
-        return
+        return state
     with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                for buf in (m.running_mean, m.running_var):
-                    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-                    buf.div_(info.world_size)
+        for prefix, m in _bn_modules(module):
+            for b in ("running_mean", "running_var"):
+                avg = getattr(m, b).detach().clone()
+                dist.all_reduce(avg, op=dist.ReduceOp.SUM)
+                state[prefix + b] = avg.div_(info.world_size)
+    return state

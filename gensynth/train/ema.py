@@ -82,6 +82,41 @@ def refresh_bn_stats(module: nn.Module, conditions: Iterable, info: DistInfo) ->
     return n
 
 
+@torch.no_grad()
+def refreshed_copy(module: nn.Module, conditions: Iterable, info: DistInfo) -> nn.Module:
+    """A copy of ``module`` with re-estimated BN statistics (eval mode); ``module`` itself is left untouched.
+
+    The refresh runs forward passes in train mode, which also advance spectral-norm vectors; doing it on a copy
+    keeps the EMA's own trajectory independent of when samples, evaluations and saves happen (a run saved on a
+    signal at any step resumes exactly as if uninterrupted)."""
+    copied = copy.deepcopy(module)
+    refresh_bn_stats(copied, conditions, info)
+    return copied
+
+
+def entries_changed_by_refresh(ema_module: nn.Module, refreshed: nn.Module) -> dict[str, torch.Tensor]:
+    """The EMA's own (unrefreshed) values of the state entries that differ in its refreshed copy, on the CPU.
+
+    Checkpoints hold the refreshed weights (for inference) plus these entries, so resuming restores the EMA
+    exactly as training left it."""
+    mine, theirs = ema_module.state_dict(), refreshed.state_dict()
+    return {k: v.detach().to("cpu").clone() for k, v in mine.items() if not torch.equal(v, theirs[k])}
+
+
+@torch.no_grad()
+def restore_entries(module: nn.Module, entries: dict[str, torch.Tensor], what: str) -> None:
+    """Copy ``entries`` (from :func:`entries_changed_by_refresh`) back into ``module``; CheckpointError naming
+    ``what`` when they do not fit."""
+    from gensynth.errors import CheckpointError
+
+    own = module.state_dict()
+    bad = [k for k, v in entries.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(f"{what}: EMA entries {', '.join(bad[:5])} do not fit the generator")
+    for k, v in entries.items():
+        own[k].copy_(v)
+
+
 def state_is_finite(module: nn.Module) -> bool:
     """True when every floating-point parameter and buffer is finite (one host sync)."""
     flags = [torch.isfinite(t).all() for t in module.state_dict().values() if t.dtype.is_floating_point]

@@ -21,8 +21,8 @@ from rich.console import Console
 from gensynth.build import (Parts, build_discriminator, build_generator, build_method, canonical_options,
                             parts_summary, resolve_parts)
 from gensynth.checkpoint import (BEST, LATEST, Checkpoint, checkpoint_root, list_checkpoints, load_checkpoint,
-                                 prune_checkpoints, read_pointer, save_checkpoint, step_dir_name, write_pointer,
-                                 write_text_atomic)
+                                 prune_checkpoints, read_pointer, remove_interrupted_writes, save_checkpoint,
+                                 step_dir_name, write_pointer, write_text_atomic)
 from gensynth.config import RunConfig, dump_resolved, flatten
 from gensynth.contracts import FirstStepContracts, first_step_contracts
 from gensynth.errors import CheckpointError, ConfigError, GensynthError
@@ -30,11 +30,13 @@ from gensynth.interfaces import NoiseKind
 from gensynth.method import unwrap
 from gensynth.nn.grad_buffer import release_gradient_buffers
 from gensynth.train import distributed as dist_util
-from gensynth.train.ema import EMA, has_batchnorm, refresh_bn_stats, state_is_finite
+from gensynth.train.ema import (EMA, entries_changed_by_refresh, has_batchnorm, refreshed_copy, restore_entries,
+                                state_is_finite)
 from gensynth.train.health import HealthMonitor, HealthReport, noise_dependence
 from gensynth.train.init_from import InitReport, load_matching
 from gensynth.train.logging import MetricsLog, ProgressDisplay
 from gensynth.train.precision import autocast, make_scaler
+from gensynth.train.run_lock import RunLock
 from gensynth.train.samples import make_grid, palette, save_png
 from gensynth.train.schedule import make_scheduler
 from gensynth.train.signals import StopRequest
@@ -65,7 +67,11 @@ class UnhealthyTrainingError(GensynthError):
 # keys that may change between a run and its resumption without changing what is trained
 _RESUME_FREE = ("trainer.steps", "trainer.epochs", "trainer.run_dir", "trainer.log_every", "trainer.sample_every",
                 "trainer.checkpoint_every", "trainer.keep_last", "trainer.device", "trainer.init_from",
-                "data.root", "data.num_workers", "data.cache_dir", "eval.", "health.")
+                "data.root", "data.allow_pipe", "data.num_workers", "data.cache_dir", "eval.", "health.")
+
+
+# what a training_state.pt must hold to be resumed from
+_TRAINING_STATE_KEYS = ("step", "optim_g", "optim_d", "sched_g", "sched_d", "scaler_g", "scaler_d")
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -114,6 +120,12 @@ class Trainer:
         cfg = self.cfg
         self.dist = dist_util.setup(cfg.trainer.device)
         d = self.dist
+        if d.is_main:  # one trainer per run directory (released in run())
+            self._lock = RunLock(self.run_dir).acquire()
+            if self._lock.taken_over:
+                (self.console or Console(stderr=True)).print(
+                    f"[yellow]warning:[/] took over the lock of {self.run_dir} from {self._lock.taken_over}, which "
+                    f"is no longer running", highlight=False)
         self.device = d.device
         self.loader = _load_data_api()
         self.parts: Parts = resolve_parts(cfg)
@@ -213,6 +225,7 @@ class Trainer:
                 f"longer D warm-up (trainer.stable_start_steps) or a lower optim.lr_d")
 
     _init_report: InitReport | None = None
+    _lock: RunLock | None = None
     _contracts: FirstStepContracts | None = None
     _d_trainable: list | None = None
 
@@ -225,6 +238,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ resume / init
     def _maybe_resume(self) -> Checkpoint | None:
+        if self.dist.is_main:  # this trainer holds the run lock: what an interrupted save left behind can go
+            remove_interrupted_writes(self.ckpt_root)
         has_any = bool(list_checkpoints(self.ckpt_root))
         if self.resume_mode is True and not has_any:
             raise CheckpointError(f"--resume: no checkpoint in {self.ckpt_root}")
@@ -236,10 +251,9 @@ class Trainer:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ckpt = load_checkpoint(self.run_dir)
-        for w in caught:
+        for w in caught:  # once, from the main process (the CLI shows it as one line)
             if self.dist.is_main:
-                (self.console or Console(stderr=True)).print(f"[yellow]warning:[/] {w.message}", highlight=False)
-            warnings.warn(w.message, w.category, stacklevel=2)
+                warnings.warn(w.message, w.category, stacklevel=2)
         self._check_resume_config(ckpt)
         self._load_weights(ckpt)
         return ckpt
@@ -281,21 +295,36 @@ class Trainer:
         ts = ckpt.training_state()
         if ts is None:
             raise CheckpointError(f"cannot resume from {ckpt.path}: it holds no training_state.pt")
-        self.step = int(ts["step"])
-        self.opt_g.load_state_dict(ts["optim_g"])
-        self.opt_d.load_state_dict(ts["optim_d"])
-        self.sched_g.load_state_dict(ts["sched_g"])
-        self.sched_d.load_state_dict(ts["sched_d"])
-        self.scaler_g.load_state_dict(ts["scaler_g"])
-        self.scaler_d.load_state_dict(ts["scaler_d"])
+        where = ckpt.path / "training_state.pt"
+        missing = [k for k in _TRAINING_STATE_KEYS if not isinstance(ts, dict) or k not in ts]
+        if missing:
+            raise CheckpointError(f"cannot resume from {where}: it lacks {', '.join(missing)} (not a complete "
+                                  f"gensynth training state); resume from another checkpoint or use --init-from")
+        try:
+            self.step = int(ts["step"])
+            self.opt_g.load_state_dict(ts["optim_g"])
+            self.opt_d.load_state_dict(ts["optim_d"])
+            self.sched_g.load_state_dict(ts["sched_g"])
+            self.sched_d.load_state_dict(ts["sched_d"])
+            self.scaler_g.load_state_dict(ts["scaler_g"])
+            self.scaler_d.load_state_dict(ts["scaler_d"])
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+            raise CheckpointError(f"cannot resume from {where}: its optimiser/schedule state does not fit this "
+                                  f"run ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
         if self.ema is not None and "ema" in ts:
             self.ema.load_state_dict(ts["ema"])
+        if self.ema is not None and ts.get("ema_unrefreshed"):  # the EMA as training left it, before its BN refresh
+            restore_entries(self.ema.module, ts["ema_unrefreshed"], str(ckpt.path / "training_state.pt"))
         self.best, self.best_step = ts.get("best"), ts.get("best_step")
         ranks = ts.get("ranks", [])
         if len(ranks) == self.dist.world_size:
             mine = ranks[self.dist.rank]
             restore_rng(mine["rng"], self.device)
             self.data_position = int(mine["data_position"])
+            owners = self._bn_owners()
+            for name, entries in (mine.get("bn") or {}).items():
+                if name in owners:
+                    restore_entries(owners[name], entries, str(where))
         else:  # a different number of processes: continue from the same step, re-seeded
             self.data_position = self.step * self.accum
             seed_everything(self.cfg.trainer.seed + 1_000_003 * self.dist.rank + self.step)
@@ -396,7 +425,7 @@ class Trainer:
         self.sched_g.step()
         self.sched_d.step()
         self.step += 1
-        self._refreshed_at = None
+        self._refreshed_at, self._refreshed = None, None
         if self.health is not None:
             self.health.after_step(self.method.stats)
 
@@ -467,10 +496,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ EMA, samples, eval
     def _eval_generator(self) -> torch.nn.Module:
-        """The generator used for samples, evaluation and inference: the (BN-refreshed) EMA, else G."""
+        """The generator used for samples, evaluation and inference: the EMA (a BN-refreshed copy of it), else G.
+
+        The refresh works on a copy, cached for the current step: the EMA itself never sees it."""
         if self.ema is None:
             return self.G
-        if self._refreshed_at != self.step and self.cfg.trainer.bn_refresh_batches > 0 and has_batchnorm(self.ema.module):
+        if self.cfg.trainer.bn_refresh_batches <= 0 or not has_batchnorm(self.ema.module):
+            self.ema.module.eval()
+            return self.ema.module
+        if self._refreshed_at != self.step or self._refreshed is None:
+            self._refreshed = None  # free the previous copy first
             with isolated_rng(self.device):
                 torch.manual_seed(self.cfg.trainer.seed + 7919 + self.step + 104729 * self.dist.rank)
                 # in this process (num_workers=0): a few batches do not pay for starting worker processes
@@ -478,10 +513,12 @@ class Trainer:
                                                world_size=self.dist.world_size,
                                                seed=self.cfg.trainer.seed + 7919 + self.step, num_workers=0)
                 conds = (self._conditions(next(it))[1] for _ in range(self.cfg.trainer.bn_refresh_batches))
-                refresh_bn_stats(self.ema.module, conds, self.dist)
-        self._refreshed_at = self.step
-        self.ema.module.eval()
-        return self.ema.module
+                self._refreshed = refreshed_copy(self.ema.module, conds, self.dist)
+            self._refreshed_at = self.step
+        self._refreshed.eval()
+        return self._refreshed
+
+    _refreshed: torch.nn.Module | None = None
 
     def _sample_batch(self):
         if self._sample_cache is None:
@@ -564,24 +601,36 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ checkpoints
     def _training_state(self) -> dict:
-        ranks = dist_util.all_gather_object({"rng": capture_rng(self.device), "data_position": self.data_position},
-                                            self.dist)
+        mine = {"rng": capture_rng(self.device), "data_position": self.data_position}
+        if self.dist.enabled:  # each rank's own BN statistics (plain BN drifts apart per rank's data)
+            mine["bn"] = {name: dist_util.bn_buffers(m) for name, m in self._bn_owners().items()}
+        ranks = dist_util.all_gather_object(mine, self.dist)
         return {
             "step": self.step, "optim_g": self.opt_g.state_dict(), "optim_d": self.opt_d.state_dict(),
             "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
             "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else {}, "best": self.best,
+            "ema_unrefreshed": (entries_changed_by_refresh(self.ema.module, self._refreshed)
+                                if self.ema is not None and self._refreshed is not None
+                                and self._refreshed_at == self.step else {}),
             "best_step": self.best_step, "world_size": self.dist.world_size, "ranks": ranks,
         }
 
+    def _bn_owners(self) -> dict[str, torch.nn.Module]:
+        owners = {"generator": self.G, "discriminator": self.D}
+        if self.ema is not None:
+            owners["generator_ema"] = self.ema.module
+        return owners
+
     def _save(self, best: bool = False) -> None:
         self._sync_losses_keep()  # never save weights produced by a non-finite loss
-        dist_util.average_bn_buffers(self.G, self.dist)
-        dist_util.average_bn_buffers(self.D, self.dist)
-        self._eval_generator()  # BN refresh of the EMA (averaged over ranks)
+        ema_for_inference = self._eval_generator()  # a BN-refreshed copy of the EMA (averaged over ranks)
         modules = {"generator": self.G, "discriminator": self.D}
         if self.ema is not None:
-            modules["generator_ema"] = self.ema.module
+            modules["generator_ema"] = ema_for_inference
+        # saved: BN statistics averaged over ranks (the live modules keep their own: see "bn" in the training state)
+        states = {name: (m.state_dict() if m is self._refreshed else dist_util.averaged_bn_state(m, self.dist))
+                  for name, m in modules.items()}
         bad = [name for name, m in modules.items() if not state_is_finite(m)]
         if bad:
             raise NonFiniteLossError(f"non-finite weights in {', '.join(bad)} at step {self.step}; checkpoint not "
@@ -592,7 +641,7 @@ class Trainer:
                     "world_size": self.dist.world_size, "data_position": self.data_position,
                     "best": self.best, "best_step": self.best_step, "track": self.cfg.eval.track}
             path = save_checkpoint(self.ckpt_root / step_dir_name(self.step),
-                                   models={k: m.state_dict() for k, m in modules.items()}, meta=meta,
+                                   models=states, meta=meta,
                                    training_state=state)
             write_pointer(self.ckpt_root, LATEST, path)
         if self.dist.is_main and best:
@@ -638,17 +687,21 @@ class Trainer:
             self._setup()
             return self._loop(stop)
         finally:
-            stop.close()
-            for model in (getattr(self, "G", None), getattr(self, "D", None)):
-                if model is not None:
-                    release_gradient_buffers(model)  # the kept gradient memory is for training only
-            if self.progress is not None:
-                self.progress.close()
-            if self.log is not None:
-                self.log.close()
-            torch.use_deterministic_algorithms(prev_det)
-            if hasattr(self, "dist"):
-                dist_util.teardown(self.dist)
+            try:
+                stop.close()
+                for model in (getattr(self, "G", None), getattr(self, "D", None)):
+                    if model is not None:
+                        release_gradient_buffers(model)  # the kept gradient memory is for training only
+                if self.progress is not None:
+                    self.progress.close()
+                if self.log is not None:
+                    self.log.close()
+                torch.use_deterministic_algorithms(prev_det)
+                if hasattr(self, "dist"):
+                    dist_util.teardown(self.dist)
+            finally:
+                if self._lock is not None:  # also when closing the logs fails (disk full)
+                    self._lock.release()
 
     def _loop(self, stop: StopRequest) -> TrainResult:
         t = self.cfg.trainer
