@@ -77,7 +77,9 @@ def test_adam_kernels_train_the_same(for_loop_run, tiny_cache, tmp_path, impl):
 
 def test_channels_last_trains_the_same(for_loop_run, tiny_cache, tmp_path):
     other = _train(tmp_path, tiny_cache, "nhwc", **{"optim.implementation": "for-loop", "trainer.channels_last": True})
-    _assert_same_training(for_loop_run, other, atol=1e-5)
+    # power-iteration estimates 5e-4 apart (parameters still 1e-5): with two threads one tiny D layer's v moves
+    # ~1.9e-4 through its small singular gap, as in the by_shape comparison below
+    _assert_same_training(for_loop_run, other, atol=1e-5, estimate_atol=5e-4)
 
 
 def test_conv_layout_by_shape_trains_the_same(for_loop_run, tiny_cache, tmp_path, monkeypatch):
