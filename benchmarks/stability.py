@@ -286,7 +286,7 @@ def _f(v: Any) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], table: list[dict[str, Any]], command: str) -> str:
-    lines = [f"# Stability: the official recipe vs the stable start\n", f"`{command}`\n",
+    lines = ["# Stability: the official recipe vs the stable start\n", f"`{command}`\n",
              f"Dead: the last {DEAD_WINDOWS} logged 10-step windows pinned (D_real and G_adv within "
              f"{PINNED_REL:.0%} of ln(N+1), LabelMix under {PINNED_LABELMIX:g}). Learning: medians over the runs that "
              f"survive; `all` = median over every run, dead ones included.\n",
