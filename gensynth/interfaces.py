@@ -434,7 +434,8 @@ class TrainingMethod(abc.ABC):
 
     ``stats``: detached 0-d device tensors for the training-health monitor (:mod:`gensynth.train.health`),
     refreshed by every step: ``d_spread`` (:func:`~gensynth.train.health.output_spread` of D's outputs in the
-    D step) and, when ``measure_images`` was set before the step, ``label_dependence`` and
+    D step, when ``measure_outputs`` is set: the trainer sets it while its health monitor is on) and, when
+    ``measure_images`` was set before the step, ``label_dependence`` and
     ``label_dependence_real`` (:func:`~gensynth.train.health.label_dependence` of the G step's fake and real
     images). A method that fills none of them is simply not judged on them.
     """
@@ -443,6 +444,7 @@ class TrainingMethod(abc.ABC):
         self.objective = objective
         self.terms = list(terms)
         self.stats: dict[str, Tensor] = {}
+        self.measure_outputs = False
         self.measure_images = False
 
     @abc.abstractmethod

@@ -79,7 +79,8 @@ class AdversarialMethod(TrainingMethod):
             ctx.d_extra.update(zip(ctx.d_inputs, extra))
         else:
             ctx.d_fake, ctx.d_real = run_d_pair(D, fake, real, cond)
-        self.stats["d_spread"] = output_spread(ctx.d_real, ctx.d_fake)
+        if self.measure_outputs:
+            self.stats["d_spread"] = output_spread(ctx.d_real, ctx.d_fake)
         losses = {
             "D_fake": self.objective.d_loss(ctx.d_fake, cond, "fake"),
             "D_real": self.objective.d_loss(ctx.d_real, cond, "real"),

@@ -153,6 +153,16 @@ def test_health_action_stop_saves_a_checkpoint_then_stops_with_the_finding(tmp_p
     assert (run / "checkpoints" / "step_00000004").is_dir()
 
 
+def test_a_disabled_monitor_records_nothing(tmp_path, tiny_cache):
+    run = tmp_path / "run"
+    cfg, prov = resolve(tiny_overrides(run, tiny_cache, **{
+        "optim.lr_d": 1e-12, "trainer.steps": 12, "health.enabled": False, "health.every": 2, "health.patience": 6,
+        "trainer.checkpoint_every": 100, "trainer.sample_every": 100}))
+    result = run_training(cfg, prov, console=_quiet())
+    assert result.step == 12 and result.health == []
+    assert _records(run) == [] and len(_records(run, "train")) == 6
+
+
 def test_forced_divergence_is_reported(tmp_path, tiny_cache):
     """optim.lr_g=1e6 used to run silently to weights of 1e29 and exit 0."""
     run = tmp_path / "run"

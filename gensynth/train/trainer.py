@@ -212,6 +212,7 @@ class Trainer:
             self.health = HealthMonitor(cfg.health, {"generator": self.G, "discriminator": self.D}, self.device,
                                         advice=self._collapse_advice(),
                                         pinned_level=self.method.objective.uninformative_loss(self.parts.num_classes))
+        self.method.measure_outputs = self.health is not None  # no per-step figures for a monitor that is off
         if self._init_report is not None:
             self.progress.message(f"initialised from {cfg.trainer.init_from}:\n{self._init_report.summary()}")
         if resumed is not None:
