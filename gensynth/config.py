@@ -20,10 +20,44 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+SIZE_SYNTAX = "HxW (e.g. 256x512), or one number for a square"
+
+
+def parse_size(value: Any, *, what: str = "size") -> tuple[int, int]:
+    """One syntax for an image size everywhere (``--size``, ``--set data.size=...``, YAML, ``--resize``):
+    ``"64x128"`` / ``"64X128"`` / ``"64,128"`` / ``[64, 128]`` -> (64, 128) as (H, W); ``"64"`` or ``64`` -> (64, 64).
+
+    ValueError naming ``what`` and the accepted syntax for anything else, or a side under 8 pixels.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{what}: expected {SIZE_SYNTAX}, got {value!r}")
+    if isinstance(value, int):
+        hw = (value, value)
+    elif isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        hw = (int(value[0]), int(value[1]))
+    elif isinstance(value, str):
+        parts = [p.strip() for p in value.strip().lower().replace(",", "x").replace("*", "x").split("x")]
+        if len(parts) == 1:
+            parts = parts * 2
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"{what}: expected {SIZE_SYNTAX}, got {value!r}")
+        hw = (int(parts[0]), int(parts[1]))
+    else:
+        raise ValueError(f"{what}: expected {SIZE_SYNTAX}, got {value!r}")
+    if hw[0] < 8 or hw[1] < 8:
+        raise ValueError(f"{what} must be at least 8x8 (H, W), got {hw[0]}x{hw[1]}")
+    return hw
+
+
 class ModelConfig(Section):
     preset: str = Field("oasis", description="named model preset (gensynth models list)")
     values: Literal["official", "paper"] = Field(
         "official", description="per-dataset defaults of the official code/scripts, or the paper's stated values")
+    scale: Optional[str] = Field(
+        None, description="model size: a scale of the preset (gensynth models describe NAME lists them; the built-in "
+                          "presets have tiny, small and paper); default: the preset's scale for the dataset (demo: "
+                          "tiny), else paper (the published widths and batch size)")
     generator: Optional[str] = Field(None, description="override the preset's generator")
     generator_options: dict[str, Any] = Field(default_factory=dict)
     discriminator: Optional[str] = Field(None, description="override the preset's discriminator")
@@ -52,12 +86,10 @@ class DataConfig(Section):
     cache_dir: Optional[str] = Field(None, description="where raw layouts are converted to shards once")
     demo_samples: int = Field(256, ge=1, description="number of samples of the procedural demo dataset")
 
-    @field_validator("size")
+    @field_validator("size", mode="before")
     @classmethod
-    def _positive(cls, v):
-        if v is not None and (v[0] < 8 or v[1] < 8):
-            raise ValueError(f"size must be at least 8x8 (H, W), got {v[0]}x{v[1]}")
-        return v
+    def _size(cls, v):
+        return None if v is None else parse_size(v, what="data.size")
 
 
 class OptimConfig(Section):
@@ -92,6 +124,9 @@ class TrainerConfig(Section):
     stable_start_clip: Optional[float] = Field(
         1.0, gt=0, description="under stable_start, and unless optim.grad_clip is set: the gradient-norm clip of G "
                                "and D at every step (a spike then cannot fill Adam's second moment and freeze D)")
+    preflight: bool = Field(True, description="before step 1, measure a training step of copies of the models at "
+                                              "batch 1 and 4 and print the estimated time per step and peak memory "
+                                              "(a warning when it exceeds the machine); the run itself is untouched")
     bn_refresh_batches: int = Field(50, ge=0, description="batches to re-estimate the EMA generator's BN stats")
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(500, ge=1)
@@ -309,6 +344,8 @@ def resolve(cli: dict[str, Any] | None = None, yaml_path: str | None = None,
         layers.append((f"preset {preset_name} for {data_name} (official scripts)", dict(preset.dataset_defaults[data_name])))
     if values == "paper" and data_name in preset.paper_defaults:
         layers.append((f"preset {preset_name} for {data_name} (paper)", dict(preset.paper_defaults[data_name])))
+    scale = user.get("model.scale") or preset.default_scales.get(data_name, "paper")
+    layers.append((f"scale {scale} of preset {preset_name}", {**preset.scale_overrides(scale), "model.scale": scale}))
     layers = _drop_swapped_part_options(layers, preset, user)
     if from_yaml:
         layers.append((f"yaml {yaml_path}", from_yaml))

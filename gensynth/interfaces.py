@@ -409,6 +409,10 @@ class ModelPreset:
     where it differs from the code (selected by ``model.values=paper``).
     ``dontcare``: where the model puts the don't-care pixels: "class" (OASIS: a class of its own,
     weighted 0 in the loss) or "extra-last" (SPADE: an extra last channel).
+    ``scales``: model sizes a user picks with ``--scale NAME`` (``model.scale``): name -> dotted overrides of
+    widths and batch size, applied over the dataset's values. ``"paper"`` (the published widths: no overrides)
+    always exists. ``default_scales``: dataset name -> the scale used when the user names none (e.g.
+    ``{"demo": "tiny"}``); other datasets get ``"paper"``.
     """
 
     name: str
@@ -423,6 +427,23 @@ class ModelPreset:
     paper_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     dontcare: Literal["class", "extra-last"] = "class"
     method_factory: Callable[..., "TrainingMethod"] | None = None
+    scales: dict[str, dict[str, Any]] = field(default_factory=dict)
+    default_scales: dict[str, str] = field(default_factory=dict)
+
+    def scale_names(self) -> list[str]:
+        """Every scale of this preset, ``paper`` first."""
+        return ["paper"] + sorted(n for n in self.scales if n != "paper")
+
+    def scale_overrides(self, scale: str) -> dict[str, Any]:
+        """The dotted overrides of ``scale``; ConfigError naming the preset's scales for an unknown one."""
+        if scale == "paper":
+            return dict(self.scales.get("paper", {}))
+        if scale not in self.scales:
+            from gensynth.errors import ConfigError, suggest
+
+            raise ConfigError(f"model preset {self.name!r} has no scale {scale!r}.{suggest(scale, self.scale_names())}"
+                              f" Its scales: {', '.join(self.scale_names())}")
+        return dict(self.scales[scale])
 
 
 class TrainingMethod(abc.ABC):

@@ -63,10 +63,13 @@ def compare_runs(model: str, discriminators: list[str], data: str, steps: int, o
 @click.option("--data", default="demo", show_default=True)
 @click.option("--data-root", default=None)
 @click.option("--steps", type=int, default=200, show_default=True)
+@click.option("--size", default=None, help="training resolution HxW for every run (default: the dataset's)")
+@click.option("--scale", default=None, help="model size of every run: tiny, small, paper (default: the preset's "
+                                            "for the dataset)")
 @click.option("--metrics", default="color-texture", show_default=True, help="comma-separated metrics")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True)
 @click.option("--set", "sets", multiple=True, help="section.key=value overrides applied to every run")
-def command(model, discriminators, data, data_root, steps, metrics, out, sets):
+def command(model, discriminators, data, data_root, steps, size, scale, metrics, out, sets):
     """Train the same model against each discriminator (same seed and data), evaluate, tabulate."""
     from gensynth.config import parse_set
 
@@ -74,6 +77,10 @@ def command(model, discriminators, data, data_root, steps, metrics, out, sets):
     overrides = parse_set(sets)
     if data_root:
         overrides["data.root"] = data_root
+    if size:
+        overrides["data.size"] = size
+    if scale:
+        overrides["model.scale"] = scale
     names = [d.strip() for d in discriminators.split(",") if d.strip()]
     rows = compare_runs(model, names, data, steps, out, [m.strip() for m in metrics.split(",") if m.strip()],
                         overrides, console)

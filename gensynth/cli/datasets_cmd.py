@@ -25,15 +25,15 @@ def _spec(name: str, root: str | None = None):
 
 
 def _parse_size(value: str | None) -> tuple[int, int] | None:
+    """The same HxW syntax as ``train --size`` and ``--set data.size=...`` (:func:`gensynth.config.parse_size`)."""
+    from gensynth.config import parse_size
+
     if value is None:
         return None
     try:
-        h, w = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected HxW (e.g. 256x512), got {value!r}") from None
-    if h < 8 or w < 8:
-        raise click.BadParameter(f"size must be at least 8x8, got {value!r}")
-    return h, w
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.group()

@@ -32,6 +32,7 @@ def print_report(report, console) -> None:
 @click.option("--data", default=None, help="dataset name (default: the run's)")
 @click.option("--data-root", default=None, help="shards or raw layout of the dataset (default: the run's)")
 @click.option("--split", default=None, help="split to evaluate (default: data.val_split)")
+@click.option("--size", default=None, help="evaluation resolution HxW (default: the run's training resolution)")
 @click.option("--metrics", "-m", default="fid", show_default=True,
               help="comma list of: fid, prec-recall, miou, diversity, color-texture")
 @click.option("--out", "-o", default=None, type=click.Path(dir_okay=False), help="JSON report path")
@@ -40,7 +41,7 @@ def print_report(report, console) -> None:
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--set", "sets", multiple=True, help="eval.KEY=VALUE (e.g. eval.fid_weights=/path, eval.segmenter=...)")
 @click.option("--device", default="auto", show_default=True)
-def command(checkpoint, data, data_root, split, metrics, out, no_ema, num_samples, batch_size, sets, device):
+def command(checkpoint, data, data_root, split, size, metrics, out, no_ema, num_samples, batch_size, sets, device):
     """Evaluate a trained generator on the validation split; prints a table and writes a JSON report.
 
     FID follows the OASIS protocol (pytorch-fid InceptionV3, pool3, bilinear resize to 299, one EMA sample per
@@ -64,6 +65,8 @@ def command(checkpoint, data, data_root, split, metrics, out, no_ema, num_sample
         overrides["data.root"] = data_root
     if split is not None:
         overrides["data.val_split"] = split
+    if size is not None:
+        overrides["data.size"] = size
     if num_samples is not None:
         overrides["eval.num_samples"] = num_samples
     cfg = m.checkpoint.config_with(overrides)

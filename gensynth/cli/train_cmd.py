@@ -28,7 +28,7 @@ def _flags_to_config(opts: dict) -> dict:
     simple = {"model": "model.preset", "data": "data.name", "data_root": "data.root", "generator": "model.generator",
               "discriminator": "model.discriminator", "objective": "model.objective", "steps": "trainer.steps",
               "batch_size": "trainer.batch_size", "precision": "trainer.precision", "run_dir": "trainer.run_dir",
-              "init_from": "trainer.init_from"}
+              "init_from": "trainer.init_from", "scale": "model.scale", "size": "data.size"}
     for opt, key in simple.items():
         if opts.get(opt) is not None:
             cli[key] = opts[opt]
@@ -73,6 +73,9 @@ def _launch(nproc: int, cli: dict, config_path: str | None, resume: bool) -> Non
 @click.option("--model", help="model preset (gensynth models list), e.g. oasis, spade, spade+")
 @click.option("--data", help="dataset name (gensynth datasets list), e.g. demo, cityscapes, ade20k")
 @click.option("--data-root", help="shards (dir, brace pattern, s3://, http(s)://) or the dataset's official layout")
+@click.option("--size", help="training resolution HxW (e.g. 64x128; one number for a square); default: the dataset's")
+@click.option("--scale", help="model size: tiny (CPU minutes), small (one small GPU), paper (published widths and "
+                              "batch); default: tiny on the demo data, else paper")
 @click.option("--generator", help="replace the preset's generator")
 @click.option("--discriminator", help="replace the preset's discriminator (its objective follows unless --objective)")
 @click.option("--objective", help="replace the preset's adversarial objective")
@@ -99,6 +102,7 @@ def command(**opts):
     \b
     Examples:
       gensynth train --model oasis --data demo --steps 300
+      gensynth train --model oasis --data cityscapes --data-root /data/cityscapes --size 64x128 --scale tiny
       gensynth train --model oasis --data cityscapes --data-root /data/cityscapes
       torchrun --nnodes 2 --nproc-per-node 8 -m gensynth train --model oasis --data ade20k --data-root s3://b/ade
     """

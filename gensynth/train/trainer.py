@@ -54,6 +54,7 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     stopped_by: str | None = None  # "SIGTERM"/"SIGINT" when a signal ended the run early
     health: list[str] = field(default_factory=list)  # the health monitor's findings, "kind at step N: message"
+    estimate: object | None = None  # gensynth.train.preflight.StepEstimate measured before step 1 (None: not run)
 
 
 class NonFiniteLossError(GensynthError, FloatingPointError):
@@ -203,7 +204,7 @@ class Trainer:
             write_text_atomic(self.run_dir / "config.json",
                               json.dumps(dump_resolved(cfg, self.provenance, get_host().versions(),
                                                          parts_summary(self.parts)), indent=1, default=str))
-            self.log = MetricsLog(self.run_dir)
+            self.log = MetricsLog(self.run_dir, start_step=self.step)
         else:
             self.log = None
         self.progress = ProgressDisplay(self.console, self.total, self.step, enabled=d.is_main)
@@ -664,6 +665,45 @@ class Trainer:
             self._sync_losses()  # raises with the loss names and step range
         self._checked_clean = self.step
 
+    def _banner(self, micros: list | None) -> None:
+        """The start-up summary (device, parameters, data, batch) and the measured cost of a step (rank 0 prints;
+        every rank measures, so that collectives inside the models stay matched)."""
+        from gensynth.train.preflight import (count_parameters, describe_device, format_bytes, format_duration,
+                                              measure_step, memory_advice, processes_per_node)
+
+        cfg, d = self.cfg, self.dist
+        if d.is_main:
+            try:
+                samples = f"{self.loader.epoch_length(cfg.data, self.spec, cfg.data.split):,} samples"
+            except Exception:  # a stream without a card: the count is unknown, training still works
+                samples = "sample count unknown"
+            size = "x".join(str(v) for v in micros[0][0].shape[-2:]) if micros else "?"
+            self.progress.message(
+                f"[bold]device[/] {describe_device(self.device, d.world_size)}   [bold]model[/] "
+                f"{cfg.model.preset} (scale {cfg.model.scale or 'paper'}): G {count_parameters(self.G):,} "
+                f"parameters, D {count_parameters(self.D):,}\n"
+                f"[bold]data[/] {cfg.data.name} {cfg.data.split}: {samples} at {size}   [bold]batch[/] "
+                f"{cfg.trainer.batch_size} = {d.world_size} process(es) x {self.accum} x {self.micro}   "
+                f"[bold]steps[/] {self.step}/{self.total}", markup=True)
+        if micros is None or not cfg.trainer.preflight:
+            return
+        est = measure_step(self.G, self.D, self.method.g_losses, self.method.d_losses, micros, self.device,
+                           lambda: autocast(cfg.trainer.precision, self.device), step=self.step,
+                           processes_per_node=processes_per_node())
+        self.estimate = est
+        if not d.is_main:
+            return
+        remaining = self.total - self.step
+        self.progress.message(
+            f"[bold]estimate[/] (measured at batch {' and '.join(map(str, est.measured_batches))}): "
+            f"{format_duration(est.seconds_per_step)} per step, {format_duration(est.run_seconds(remaining))} for "
+            f"{remaining:,} steps; peak {est.memory_kind} {format_bytes(est.peak_bytes)} of "
+            f"{format_bytes(est.available_bytes)}", markup=True)
+        if est.exceeds_memory:
+            self.progress.message(f"[yellow]warning:[/] {memory_advice(est)}", markup=True)
+
+    estimate = None
+
     def _epoch(self) -> float:
         try:
             n = self.loader.epoch_length(self.cfg.data, self.spec, self.cfg.data.split)
@@ -721,9 +761,16 @@ class Trainer:
         it = self._train_iter()
         self.G_train.train()
         self.D_train.train()
+        pending = self._next_micro_batches(it) if self.step < self.total else None
+        self._banner(pending)
+        first = self.step + 1
         while self.step < self.total:
-            self._train_step(self._next_micro_batches(it))
+            micros, pending = (pending if pending is not None else self._next_micro_batches(it)), None
+            started = time.perf_counter()
+            self._train_step(micros)
             self.progress.advance(self.step)
+            if self.step == first:
+                self.progress.first_step(self.step, time.perf_counter() - started)
             s, last = self.step, self.step >= self.total
             stopped_by = self._stop_requested(stop)
             if s % t.log_every == 0 or last or stopped_by:
@@ -743,7 +790,7 @@ class Trainer:
         if self._saved_at != self.step and self.step >= self.total:
             self._save()  # already complete runs re-launched: make sure the final state exists
         return TrainResult(run_dir=self.run_dir, step=self.step, metrics=dict(self.last_metrics), stopped_by=stopped_by,
-                           health=list(self.health_findings))
+                           health=list(self.health_findings), estimate=self.estimate)
 
 
 def run_training(cfg: RunConfig, provenance: dict[str, str], *, console: Console | None = None,

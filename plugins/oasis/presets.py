@@ -35,11 +35,23 @@ OFFICIAL_DATASET_DEFAULTS = {
     "coco-stuff": {"trainer.ema_decay": 0.9999, "trainer.batch_size": 32, "trainer.epochs": 100},
 }
 
-#: a tiny OASIS that trains visibly on the 64x64 procedural demo in a few CPU minutes: G ~1.5M parameters
-#: (4 blocks from 8x8, widths 256..16, 16 noise channels), D ~80k; measured ~0.7-0.8 s per step at batch 8
-#: on one idle CPU core, so 300 steps take about 4 minutes (10 on a loaded shared machine); after them D segments
-#: real demo images at ~79% pixel accuracy (majority class: 34%).
+#: the demo dataset's training schedule (its model size is the ``tiny`` scale below): 300 steps, logs and
+#: samples often enough to watch
 DEMO_DEFAULTS = {
+    "optim.lr_g": 2e-4,
+    "trainer.ema_decay": 0.999,
+    "trainer.steps": 300,
+    "trainer.bn_refresh_batches": 10,
+    "trainer.log_every": 10,
+    "trainer.sample_every": 50,
+    "trainer.checkpoint_every": 100,
+}
+
+#: ``--scale tiny``: an OASIS that trains visibly on the 64x64 procedural demo in a few CPU minutes: G ~1.5M
+#: parameters (4 blocks from 8x8, widths 256..16, 16 noise channels), D ~80k; measured ~0.7-0.8 s per step at
+#: batch 8 on one idle CPU core, so 300 steps take about 4 minutes (10 on a loaded shared machine); after them D
+#: segments real demo images at ~79% pixel accuracy (majority class: 34%). The demo data's default.
+TINY_SCALE = {
     "model.generator_options.channels": 16,
     "model.generator_options.num_res_blocks": 4,
     "model.generator_options.z_dim": 16,
@@ -47,14 +59,16 @@ DEMO_DEFAULTS = {
     "model.generator_options.spade_hidden": 32,
     "model.discriminator_options.num_res_blocks": 4,
     "model.discriminator_options.width": 0.125,
-    "optim.lr_g": 2e-4,
     "trainer.batch_size": 8,
-    "trainer.ema_decay": 0.999,
-    "trainer.steps": 300,
-    "trainer.bn_refresh_batches": 10,
-    "trainer.log_every": 10,
-    "trainer.sample_every": 50,
-    "trainer.checkpoint_every": 100,
+}
+
+#: ``--scale small``: half the official widths (about a quarter of the parameters: G 18.5M, D 5.6M on
+#: Cityscapes) and batch 8, for one small GPU or a patient CPU at a reduced --size
+SMALL_SCALE = {
+    "model.generator_options.channels": 32,
+    "model.generator_options.spade_hidden": 64,
+    "model.discriminator_options.width": 0.5,
+    "trainer.batch_size": 8,
 }
 
 #: the paper's appendix, where it differs from the code (LabelMix 5 ADE20K/Cityscapes, 10 COCO; EMA 0.9999,
@@ -81,4 +95,6 @@ def oasis_preset() -> ModelPreset:
         dataset_defaults={**{k: dict(v) for k, v in OFFICIAL_DATASET_DEFAULTS.items()}, "demo": dict(DEMO_DEFAULTS)},
         paper_defaults={k: dict(v) for k, v in PAPER_DEFAULTS.items()},
         dontcare="class",
+        scales={"tiny": dict(TINY_SCALE), "small": dict(SMALL_SCALE)},
+        default_scales={"demo": "tiny"},
     )

@@ -15,19 +15,31 @@ from gensynth_spade.method import SpadeMethod
 _EDGES = {"model.generator_options.use_instance_edges": True,
           "model.discriminator_options.use_instance_edges": True}
 
-# Tiny widths so that the presets train on a CPU in minutes. VGG19 weights cannot be downloaded by
+# The demo data's schedule; its model size is the ``tiny`` scale. VGG19 weights cannot be downloaded by
 # gensynth, so the perceptual loss is off on the demo data unless a user configures a weights file and
 # sets model.losses.vgg back to 10.
 _DEMO = {
-    "model.generator_options.ngf": 8,
-    "model.generator_options.spade_hidden": 16,
-    "model.discriminator_options.ndf": 16,
     "model.losses.vgg": 0,
-    "trainer.batch_size": 8,
     "trainer.steps": 300,
     "trainer.log_every": 25,
     "trainer.sample_every": 100,
     "trainer.checkpoint_every": 100,
+}
+
+#: ``--scale tiny``: widths that train on a CPU in minutes (the demo data's default)
+_TINY = {
+    "model.generator_options.ngf": 8,
+    "model.generator_options.spade_hidden": 16,
+    "model.discriminator_options.ndf": 16,
+    "trainer.batch_size": 8,
+}
+
+#: ``--scale small``: half the published widths (ngf 32, SPADE hidden 64, ndf 32) and batch 8
+_SMALL = {
+    "model.generator_options.ngf": 32,
+    "model.generator_options.spade_hidden": 64,
+    "model.discriminator_options.ndf": 32,
+    "trainer.batch_size": 8,
 }
 
 
@@ -68,6 +80,8 @@ SPADE = ModelPreset(
     },
     dataset_defaults=_per_dataset({}),
     dontcare="extra-last",
+    scales={"tiny": dict(_TINY), "small": dict(_SMALL)},
+    default_scales={"demo": "tiny"},
 )
 
 # SPADE+ = SPADE without feature matching, with an EMA generator and OASIS' Adam betas and constant lr
