@@ -20,6 +20,7 @@ class CityscapesSpec(PairedSpec):
     default_size = (256, 512)
     has_instances = True
     splits = ("train", "val", "test")
+    label_file_pattern = "*_gtFine_labelIds.png"  # not *_instanceIds.png nor *_color.png beside them
 
     @property
     def raw_to_class(self):

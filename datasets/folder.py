@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 
 from gensynth.errors import ConfigError, DataError
 from gensynth.interfaces import ClassInfo
@@ -138,25 +137,10 @@ class FolderSpec(PairedSpec):
             return FolderSpec(root).load_raw(root, split, item)
         return super().load_raw(root, split, item)
 
-    def read_label(self, path: str) -> np.ndarray:
-        """(H, W) raw ids of an id PNG, a palette PNG (index = id) or an RGB colour mask."""
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGB", "RGBA"):
-                return self._from_colours(np.asarray(img.convert("RGB")), path)
-        from gensynth_datasets.paired import read_id_map
-
-        return read_id_map(path)
-
-    def _from_colours(self, rgb: np.ndarray, path: str) -> np.ndarray:
-        entries = self._need()
-        codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
-        lut = {(c[0] << 16) | (c[1] << 8) | c[2]: r for r, _, c in entries if c is not None}
-        out = np.zeros(codes.shape, dtype=np.int64)
-        for code in np.unique(codes):
-            if int(code) not in lut:
-                ys, xs = np.nonzero(codes == code)
-                colour = ((int(code) >> 16) & 255, (int(code) >> 8) & 255, int(code) & 255)
-                raise DataError(f"{path}: colour {colour} at pixel (x={xs[0]}, y={ys[0]}) is not in the classes file")
-            out[codes == code] = lut[int(code)]
+    def label_colours(self) -> dict[tuple[int, int, int], int]:
+        """The classes file's colours (classes without one take no part in colour masks)."""
+        out: dict[tuple[int, int, int], int] = {}
+        for raw, _, colour in self._need():
+            if colour is not None and tuple(colour) not in out:
+                out[tuple(colour)] = raw
         return out

@@ -75,8 +75,8 @@ class PairedSpec(DatasetSpec):
                          label=label, instance=inst, source=item.image, label_source=item.label)
 
     def read_label(self, path: str) -> np.ndarray:
-        """(H, W) raw ids of a label file; layouts with colour masks (folder) override this."""
-        return read_id_map(path)
+        """(H, W) raw ids of a label file: the core's one reader (id PNG, or a colour mask in the class colours)."""
+        return self.read_label_file(path)
 
     def iter_raw(self, root: str, split: str) -> Iterator[RawSample]:
         for item in self.list_raw(root, split):

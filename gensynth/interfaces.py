@@ -382,6 +382,36 @@ class DatasetSpec(abc.ABC):
         """Config overrides this dataset brings (dotted keys), e.g. {'data.size': [256, 512]}."""
         return {}
 
+    #: which files of a folder are this dataset's label maps (``gensynth generate --labels FOLDER``, the paint
+    #: app), e.g. Cityscapes' ``*_gtFine_labelIds.png``; searched in sub-folders when the folder has none itself
+    label_file_pattern: str = "*.png"
+
+    def label_colours(self) -> dict[tuple[int, int, int], int]:
+        """Colour -> raw id for reading RGB colour masks: each class's colour to the first raw id of that class
+        (the first class wins a colour several classes share). Datasets whose colours live elsewhere (a user's
+        classes file) override this; an empty dict means colour masks are not accepted."""
+        import numpy as np
+
+        table = np.asarray(self.raw_to_class)
+        first_raw: dict[int, int] = {}
+        for raw, cls in enumerate(table.tolist()):
+            if cls >= 0 and cls not in first_raw:
+                first_raw[cls] = raw
+        out: dict[tuple[int, int, int], int] = {}
+        for info in self.classes:
+            colour = tuple(int(c) for c in info.color)
+            if info.id in first_raw and colour not in out:
+                out[colour] = first_raw[info.id]
+        return out
+
+    def read_label_file(self, path: str) -> Any:
+        """(H, W) int64 raw ids of one label file: an id PNG, or an RGB colour mask in this dataset's class colours
+        (:mod:`gensynth.data.label_files`). Training conversion, ``gensynth generate`` and the paint app all read
+        label files through this method, so that a file one of them accepts, the others accept too."""
+        from gensynth.data.label_files import read_label_png
+
+        return read_label_png(path, self.label_colours(), dataset=f"dataset {self.name!r}")
+
     def example_root(self) -> str | None:
         """Optional: a directory with a few samples in this dataset's layout shipped with the plugin (e.g. via
         ``importlib.resources``), read by ``gensynth plugins check`` and :mod:`gensynth.testing`. Default None."""

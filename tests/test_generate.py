@@ -83,7 +83,7 @@ def test_bad_label_inputs_name_the_file(syn, tmp_path):
         syn.read_labels(_save_ids(tmp_path / "odd.png", _scene(31, 32)[0]))
     Image.fromarray(np.stack([np.zeros((32, 32), np.uint8), np.full((32, 32), 9, np.uint8),
                               np.zeros((32, 32), np.uint8)], -1)).save(tmp_path / "rgb.png")
-    with pytest.raises(DataError, match=r"rgb\.png is a colour"):
+    with pytest.raises(DataError, match=r"rgb\.png: colour \(0, 9, 0\) at pixel \(x=0, y=0\) is not a class colour of dataset 'demo'"):
         syn.read_labels(tmp_path / "rgb.png")
     with pytest.raises(DataError, match="outside the model's classes 0..10"):
         syn.generate(torch.full((1, 32, 32), 11))

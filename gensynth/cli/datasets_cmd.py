@@ -83,29 +83,32 @@ def convert(name, source, split, out, resize, workers, skip_bad, shard_size):
     click.echo(msg)
 
 
-def _find_card(path: str) -> tuple[str, dict]:
+def _find_cards(path: str, split: str | None = None) -> list[tuple[str, dict]]:
+    """(base, card) of a card file, or of every ``*.card.json`` in a folder (one per converted split), optionally
+    only the one of ``split``."""
     from gensynth.data import openers
 
     if path.endswith(".card.json"):
-        return openers.dirname(path), json.loads(openers.read_bytes(path))
-    cards = openers.list_dir(path, "*.card.json")
-    if len(cards) != 1:
-        raise DataError(f"{path}: expected one *.card.json (found {len(cards)}); pass the card's path instead")
-    return path, json.loads(openers.read_bytes(cards[0]))
+        return [(openers.dirname(path), json.loads(openers.read_bytes(path)))]
+    names = openers.list_dir(path, "*.card.json")
+    if not names:
+        raise DataError(f"{path}: no *.card.json here (convert a dataset with gensynth datasets convert, or pass "
+                        f"a card's path)")
+    cards = [(path, json.loads(openers.read_bytes(n))) for n in names]
+    if split is not None:
+        chosen = [c for c in cards if c[1].get("split") == split]
+        if not chosen:
+            raise DataError(f"{path}: no card of split {split!r} (cards here: "
+                            f"{', '.join(sorted(str(c[1].get('split')) for c in cards))})")
+        return chosen
+    return cards
 
 
-@command.command()
-@click.argument("path")
-def inspect(path):
-    """Verify shards against their card (counts, sizes, checksums) and print the card."""
+def _inspect_card(base: str, card: dict, path: str, console: Console) -> list[str]:
     from gensynth.data import openers
-    from gensynth.data.shards import iter_tar_samples
+    from gensynth.data.shards import check_card_shard_names, iter_tar_samples
 
-    from gensynth.data.shards import check_card_shard_names
-
-    base, card = _find_card(path)
     check_card_shard_names(card, path)
-    console = Console()
     problems = []
     for s in card["shards"]:
         url = openers.join(base, s["name"])
@@ -128,9 +131,59 @@ def inspect(path):
     freq = sorted(card.get("class_pixel_frequencies", {}).items(), key=lambda kv: -kv[1])[:10]
     table.add_row("top classes", ", ".join(f"{k} {v:.3f}" for k, v in freq))
     console.print(table)
+    if not problems:
+        console.print(f"[green]ok[/]: {card.get('split')}: {len(card['shards'])} shard(s) match the card")
+    return problems
+
+
+@command.command()
+@click.argument("path")
+@click.option("--split", default=None, help="only this split's card (default: every card in PATH)")
+def inspect(path, split):
+    """Verify shards against their cards (counts, sizes, checksums) and print each card."""
+    console = Console()
+    problems = []
+    for base, card in _find_cards(path, split):
+        problems += _inspect_card(base, card, path, console)
     if problems:
         raise DataError("shards do not match their card:\n  " + "\n  ".join(problems))
-    console.print(f"[green]ok[/]: {len(card['shards'])} shard(s) match the card")
+
+
+@command.command()
+@click.argument("name")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder to write the label maps to")
+@click.option("--data-root", default=None, help="shards or official layout (the demo needs none)")
+@click.option("--split", default="val", show_default=True)
+@click.option("--num", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--size", default=None, help="HxW (default: the dataset's)")
+@click.option("--colour", "colour", is_flag=True, help="write RGB colour masks in the class colours instead of id PNGs")
+def labels(name, out, data_root, split, num, size, colour):
+    """Write label maps of a dataset for ``gensynth generate --labels`` (and the paint app): the dataset's raw ids
+    (id PNGs) or colour masks, one file per sample, named by the sample's key.
+
+    \b
+    Example:
+      gensynth datasets labels demo --out labels/
+      gensynth generate --checkpoint runs/oasis-demo --labels labels/ --out out/ --samples 4
+    """
+    from gensynth.config import DataConfig
+    from gensynth.data.label_files import write_label_png
+    from gensynth.data.loader import configure_spec, eval_batches
+
+    cfg = DataConfig(name=name, root=data_root, size=_parse_size(size), num_workers=0)
+    spec = configure_spec(_spec(name, data_root), cfg)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for batch in eval_batches(cfg, spec, batch_size=num, split=split, limit=num, num_workers=0):
+        for key, ids in zip(batch.keys, batch.label):
+            path = folder / (str(key).replace("/", "_") + ".png")
+            write_label_png(path, ids.numpy(), spec, colour=colour)
+            written.append(path)
+    if not written:
+        raise DataError(f"{name} {split}: no samples to write")
+    click.echo(f"wrote {len(written)} {'colour masks' if colour else 'label maps (raw ids)'} of {name} {split} to "
+               f"{folder} (e.g. {written[0].name})")
 
 
 @command.command()

@@ -23,13 +23,15 @@ def _label_sets(syn, labels: str):
         return
     from gensynth.generate.labels import list_label_files, read_label_map
 
-    for f in list_label_files(labels):
+    for f in list_label_files(labels, syn.spec):
         yield f.stem, read_label_map(f, syn.spec, syn.size, syn.size_multiple).unsqueeze(0)
 
 
 @click.command()
 @click.option("--checkpoint", "-c", required=True, help="run directory or checkpoint directory")
-@click.option("--labels", "-l", required=True, help="label PNG (dataset raw ids), a folder of them, or shards")
+@click.option("--labels", "-l", required=True,
+              help="label PNG (dataset raw ids, or a colour mask in the dataset's class colours), a folder of them "
+                   "(files named by the dataset's rule, e.g. *_gtFine_labelIds.png), or shards")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="output directory")
 @click.option("--samples", "-k", default=1, show_default=True, type=click.IntRange(1), help="images per label map")
 @click.option("--seed", default=None, type=int, help="noise seed (repeatable output)")

@@ -106,7 +106,7 @@ class Synthesizer:
 
     def read_labels(self, path: str | Path) -> Tensor:
         """A label PNG or a folder of them -> (B, H, W) int64 model class ids (all must share one size)."""
-        maps = [read_label_map(f, self.spec, self.size, self.size_multiple) for f in list_label_files(path)]
+        maps = [read_label_map(f, self.spec, self.size, self.size_multiple) for f in list_label_files(path, self.spec)]
         shapes = {tuple(m.shape) for m in maps}
         if len(shapes) > 1:
             raise DataError(f"label maps in {path} differ in size ({sorted(shapes)}); generate them separately")

@@ -1,8 +1,10 @@
-"""Reading user label maps for generation: PNG files of a dataset's raw ids -> model class ids.
+"""Reading user label maps for generation: label files of a dataset -> model class ids.
 
-A label PNG holds the dataset's raw (official) ids, one per pixel (8- or 16-bit greyscale or palette PNG);
-they are mapped through the spec's ``raw_to_class`` table. Wrong ids and wrong sizes raise DataError naming the
-file, the offending values and what is allowed.
+A label file is read by the dataset's own reader (:meth:`DatasetSpec.read_label_file`, the one training uses):
+raw (official) ids, one per pixel (8- or 16-bit greyscale or palette PNG), or an RGB colour mask in the dataset's
+class colours; raw ids are mapped through the spec's ``raw_to_class`` table. A folder is searched with the
+dataset's naming rule (``label_file_pattern``). Wrong ids and wrong sizes raise DataError naming the file, the
+offending values and what is allowed.
 """
 from __future__ import annotations
 
@@ -10,46 +12,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from gensynth.errors import DataError
 from gensynth.interfaces import DatasetSpec
 
-LABEL_SUFFIXES = (".png",)
+def list_label_files(path: str | Path, spec: DatasetSpec | None = None) -> list[Path]:
+    """A label file -> [it]; a folder -> its files that follow the dataset's naming rule (sorted; sub-folders are
+    searched when the folder itself has none). DataError when there are none."""
+    from gensynth.data.label_files import find_label_files
+
+    return find_label_files(path, getattr(spec, "label_file_pattern", "*.png") if spec is not None else "*.png")
 
 
-def list_label_files(path: str | Path) -> list[Path]:
-    """A PNG file -> [it]; a folder -> its PNG files (sorted, non-recursive). DataError when none."""
-    p = Path(path)
-    if p.is_file():
-        return [p]
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in LABEL_SUFFIXES and f.is_file())
-        if not files:
-            raise DataError(f"label folder {p} holds no .png label maps")
-        return files
-    raise DataError(f"label path {p} does not exist (expected a label PNG, a folder of them, or shards)")
+def read_id_png(path: str | Path, spec: DatasetSpec | None = None) -> np.ndarray:
+    """(H, W) int64 raw ids of one label file, read as the dataset reads it (colour masks in its class colours)."""
+    if spec is not None:
+        return spec.read_label_file(str(path))
+    from gensynth.data.label_files import read_label_png
 
-
-def read_id_png(path: str | Path) -> np.ndarray:
-    """(H, W) int64 raw ids from a greyscale (8/16-bit) or palette PNG; RGB colour masks are refused."""
-    p = Path(path)
-    try:
-        with Image.open(p) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("RGB", "RGBA"):
-                arr = np.asarray(img)
-                if not (arr[..., 0] == arr[..., 1]).all() or not (arr[..., 1] == arr[..., 2]).all():
-                    raise DataError(f"label map {p} is a colour ({mode}) image; gensynth expects one id per pixel "
-                                    f"(greyscale or palette PNG of the dataset's raw ids), not a colourised mask")
-                return arr[..., 0].astype(np.int64)
-            return np.asarray(img).astype(np.int64)
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"cannot read label map {p}: {exc}") from exc
+    return read_label_png(path)
 
 
 def raw_to_model_ids(raw: np.ndarray, spec: DatasetSpec, where: str) -> np.ndarray:
@@ -81,7 +63,7 @@ def check_size(ids: np.ndarray | Tensor, expected: tuple[int, int], multiple: in
 
 def read_label_map(path: str | Path, spec: DatasetSpec, expected: tuple[int, int], multiple: int = 1) -> Tensor:
     """One label PNG -> (H, W) int64 model class ids, validated."""
-    raw = read_id_png(path)
+    raw = read_id_png(path, spec)
     ids = raw_to_model_ids(raw, spec, str(path))
     check_size(ids, expected, multiple, str(path))
     return torch.from_numpy(ids)
