@@ -1,7 +1,8 @@
 """``folder``: any ``images/`` + ``labels/`` pair with equal file stems and a classes file.
 
 Layout: ``ROOT/images[/SPLIT]/*.jpg|png``, ``ROOT/labels[/SPLIT]/*.png``, ``ROOT/classes.json`` (or
-``classes.yaml``)::
+``classes.yaml``); without split folders the same samples serve every split, with a warning
+(docs/datasets.md has the full description and a worked example)::
 
     {"dontcare": 0, "classes": [{"id": 0, "name": "unlabelled", "color": [0, 0, 0]}, ...]}
 
@@ -61,6 +62,20 @@ def parse_classes(text: str, where: str, json_format: bool = True):
     if dontcare is not None and dontcare not in seen:
         raise DataError(f"{path}: dontcare {dontcare!r} is not one of the class ids")
     return out, dontcare
+
+
+class FlatLayoutWarning(UserWarning):
+    """A folder dataset without split folders: the same samples serve every split."""
+
+
+def _warn_flat(root: Path, split: str) -> None:
+    import warnings
+
+    warnings.warn(f"folder dataset {root} has no split folders (images/train, images/val): the same samples serve "
+                  f"as the {split} split and every other, so evaluation measures the training images. Split "
+                  f"explicitly: move the validation images to {root / 'images' / 'val'} and their labels to "
+                  f"{root / 'labels' / 'val'}, the rest to images/train and labels/train (docs/datasets.md)",
+                  FlatLayoutWarning, stacklevel=2)
 
 
 class FolderSpec(PairedSpec):
@@ -126,8 +141,14 @@ class FolderSpec(PairedSpec):
         root = Path(root)
         img_dir = self.need_dir(root / "images", "images")
         lab_dir = self.need_dir(root / "labels", "labels")
+        split_dirs = sorted(p.name for p in img_dir.iterdir() if p.is_dir())
         if (img_dir / split).is_dir():
             img_dir, lab_dir = img_dir / split, self.need_dir(lab_dir / split, f"labels/{split}")
+        elif split_dirs:
+            raise DataError(f"{img_dir}: no {split}/ folder (split folders here: {', '.join(split_dirs)}); put the "
+                            f"{split} images in {img_dir / split} and their labels in {lab_dir / split}")
+        else:
+            _warn_flat(root, split)
         images = {p.stem: p for p in sorted(img_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         labels = {p.stem: p for p in sorted(lab_dir.glob("*.png"))}
         return pair_by_key(images, labels)

@@ -227,8 +227,22 @@ def check_key(key: str) -> None:
     for d in _DICT_KEYS:  # model.losses.labelmix, model.generator_options.channels
         if key.startswith(d + "."):
             return
-    raise ConfigError(f"unknown configuration key {key!r}.{suggest(key, ALL_KEYS)} "
-                      f"Known keys: {', '.join(ALL_KEYS)}")
+    known_section = any(k.startswith(key.partition(".")[0] + ".") for k in ALL_KEYS)
+    raise ConfigError(f"unknown configuration key {key!r}.{suggest_key(key)}"
+                      + ("" if known_section else f" Known keys: {', '.join(ALL_KEYS)}"))
+
+
+def suggest_key(key: str) -> str:
+    """`` Did you mean 'eval.every'?`` for a mistyped key: the closest key of the same section first (``eval.bogus``
+    -> a key of ``eval``), else the closest key anywhere; ``section.`` keys list that section's keys."""
+    section, _, leaf = key.partition(".")
+    same = [k for k in ALL_KEYS if k.startswith(section + ".")]
+    if same:
+        hint = suggest(leaf, [k.split(".", 1)[1] for k in same])
+        if hint:
+            return hint.replace("'", f"'{section}.", 1)
+        return f" Keys of section {section!r}: {', '.join(k.split('.', 1)[1] for k in same)}."
+    return suggest(key, ALL_KEYS)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import difflib
 
+from gensynth._shadowing import check as _check_not_shadowed
+
+_check_not_shadowed()  # a folder named gensynth in the current directory: one clear error, not a puzzling one
+
 
 class GensynthError(Exception):
     """Base class for errors gensynth reports to its users (no traceback in the CLI)."""

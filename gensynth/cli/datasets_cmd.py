@@ -90,6 +90,9 @@ def _find_cards(path: str, split: str | None = None) -> list[tuple[str, dict]]:
 
     if path.endswith(".card.json"):
         return [(openers.dirname(path), json.loads(openers.read_bytes(path)))]
+    if path.startswith(("http://", "https://")):
+        raise DataError(f"{path}: an HTTP server cannot be listed; pass a card's URL "
+                        f"({path.rstrip('/')}/NAME-SPLIT.card.json)")
     names = openers.list_dir(path, "*.card.json")
     if not names:
         raise DataError(f"{path}: no *.card.json here (convert a dataset with gensynth datasets convert, or pass "

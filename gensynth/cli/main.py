@@ -86,7 +86,7 @@ def _show_gensynth_warnings_as_one_line() -> None:
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if category.__module__.split(".")[0] == "gensynth":
+        if category.__module__.split(".")[0].startswith("gensynth"):
             Console(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
         else:
             default(message, category, filename, lineno, file, line)
@@ -94,8 +94,18 @@ def _show_gensynth_warnings_as_one_line() -> None:
     warnings.showwarning = show
 
 
+def _quiet_storage_loggers() -> None:
+    """gcsfs and s3fs log a full traceback for each request they give up on; gensynth reports the failure itself
+    in one line naming the URL, so those logs are only kept for real errors of the libraries' own."""
+    import logging
+
+    for name in ("gcsfs", "s3fs", "aiobotocore", "google.auth"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def main(argv: list[str] | None = None) -> None:
     _show_gensynth_warnings_as_one_line()
+    _quiet_storage_loggers()
     try:
         _add_plugin_commands()
     except GensynthError as exc:

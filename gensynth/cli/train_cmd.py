@@ -66,7 +66,18 @@ def _launch(nproc: int, cli: dict, config_path: str | None, resume: bool) -> Non
     if resume:
         args.append("--resume")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    run(parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "gensynth", *args]))
+    run(parse_args(["--standalone", f"--nproc-per-node={nproc}", *_entry_point(), *args]))
+
+
+def _entry_point() -> list[str]:
+    """How torchrun starts each process: the ``gensynth`` command beside this Python when there is one (its
+    ``sys.path`` does not start with the current folder, so a clone named gensynth there cannot shadow the
+    package), else ``python -m gensynth``."""
+    import shutil
+    import sys
+
+    script = shutil.which("gensynth", path=os.path.dirname(sys.executable))
+    return ["--no-python", script] if script else ["--module", "gensynth"]
 
 
 @click.command()
@@ -122,7 +133,7 @@ def command(**opts):
 
         parts = resolve_parts(cfg)  # fails here, before any set-up, when the parts cannot work together
         console.print(f"[bold]{cfg.model.preset}[/]: generator {parts.generator}, discriminator {parts.discriminator}, "
-                      f"objective {parts.objective}, losses {parts.losses or '-'}", highlight=False)
+                      f"objective {parts.objective}, losses {parts.losses or '-'}", highlight=False, soft_wrap=True)
         for note in run_notes(parts, provenance, exclude=FLAG_OPTION_KEYS):
             console.print(f"   note: {note}", highlight=False)
     result = run_training(cfg, provenance, console=console, resume=True if opts.get("resume") else None)

@@ -235,8 +235,30 @@ def exists(url: str) -> bool:
         return _fsspec_fs(url).exists(url)
     except DataError:
         raise
-    except Exception:
+    except Exception as exc:
+        if unreachable(exc):
+            raise DataError(f"cannot reach the storage of {url}: {exc}. Check the network and the endpoint "
+                            f"(FSSPEC_S3_ENDPOINT_URL / AWS_ENDPOINT_URL for S3-compatible stores, "
+                            f"STORAGE_EMULATOR_HOST for a GCS emulator)") from None
         return False
+
+
+_CONNECT_ERRORS = {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ServerDisconnectedError",
+                   "ConnectionClosedError", "ProxyConnectionError"}
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says that a host could not be reached, as opposed to
+    a file that is not there."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__name__ in _CONNECT_ERRORS:
+            return True
+        if isinstance(exc, OSError) and exc.errno is None and "connect" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def join(base: str, name: str) -> str:
@@ -263,6 +285,7 @@ def list_dir(url: str, pattern: str) -> list[str]:
         try:
             found = fs.glob(url.rstrip("/") + "/" + pattern)
         except Exception as exc:
-            raise DataError(f"cannot list {url}: {exc}") from None
+            what = "cannot reach the storage to list" if unreachable(exc) else "cannot list"
+            raise DataError(f"{what} {url}: {exc}") from None
         return sorted(f"{scheme}://{p}" if "://" not in p else p for p in found)
     return []

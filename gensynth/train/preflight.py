@@ -236,3 +236,35 @@ def processes_per_node() -> int:
         return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     except ValueError:
         return 1
+
+
+# ----------------------------------------------------------------------------------------------- before the data
+def check_input_size(parts, size: tuple[int, int]) -> None:
+    """Run the generator and discriminator of ``parts`` on the ``meta`` device (no memory, no compute) at the
+    training ``size``, so that a size the models cannot take is an error before any data is read or converted.
+
+    Only gensynth's own errors (ConfigError naming the size and the option to change) are raised; anything else a
+    part does not support on the meta device is left to the first real step to report."""
+    from gensynth.build import build_discriminator, build_generator
+    from gensynth.errors import GensynthError
+
+    h, w = size
+    try:
+        with torch.device("meta"):
+            G, D = build_generator(parts), build_discriminator(parts)
+            labels = torch.zeros(1, parts.num_classes, h, w)
+            cond = Condition(labels,
+                             instance_edges=torch.zeros(1, 1, h, w) if getattr(G, "uses_instance_edges", False) else None,
+                             style_image=torch.zeros(1, 3, h, w) if getattr(G, "uses_style_image", False) else None)
+            with torch.no_grad():
+                image = G(cond).image
+                D(image, cond if getattr(D, "takes_labels", False) else None)
+    except GensynthError:
+        raise
+    except ValueError as exc:  # the parts' own size checks (e.g. SPADE's start map) raise ValueError
+        if "size" in str(exc) or "multiple" in str(exc):
+            from gensynth.errors import ConfigError
+
+            raise ConfigError(f"data.size {h}x{w}: {exc}") from None
+    except Exception:  # noqa: BLE001 - not supported on meta: the first real step checks
+        return

@@ -36,6 +36,7 @@ from gensynth.train.health import HealthMonitor, HealthReport, noise_dependence
 from gensynth.train.init_from import InitReport, load_matching
 from gensynth.train.logging import MetricsLog, ProgressDisplay
 from gensynth.train.precision import autocast, make_scaler
+from gensynth.train.preflight import check_input_size
 from gensynth.train.run_lock import RunLock
 from gensynth.train.samples import make_grid, palette, save_png
 from gensynth.train.schedule import make_scheduler
@@ -131,6 +132,7 @@ class Trainer:
         self.loader = _load_data_api()
         self.parts: Parts = resolve_parts(cfg)
         self.spec = self.parts.dataset
+        check_input_size(self.parts, tuple(cfg.data.size or self.spec.default_size))  # before any data is read
         b = cfg.trainer.batch_size
         if b % d.world_size:
             raise ConfigError(f"trainer.batch_size ({b}) is the global batch and must be divisible by the number of "
