@@ -157,7 +157,7 @@ def test_estimate_warns_when_memory_would_not_fit(tmp_path, tiny_cache, monkeypa
     result = run_training(cfg, prov, console=Console(file=out, width=300))
     assert result.estimate.exceeds_memory and result.step == 1  # a warning, not a stop
     text = out.getvalue()
-    assert re.search(r"warning: the estimated peak RAM of training, [\d.]+ MB, exceeds the 1.0 MB this process "
+    assert re.search(r"warning: the estimated peak RAM of training, [\d.]+ (MB|GB), exceeds the 1.0 MB this process "
                      r"has: the run may be killed for memory. Lower --batch-size \(or set "
                      r"trainer.micro_batch_size=2 to accumulate\), train at a smaller --size, or pick a smaller "
                      r"--scale", text)
