@@ -194,6 +194,9 @@ def measure_step(G: nn.Module, D: nn.Module, g_losses: LossesFn, d_losses: Losse
             times.append(time.perf_counter() - t0)
             peaks.append(int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else
                          _cpu_peak() if device.type == "cpu" else -1)
+    from gensynth.nn.grad_buffer import release_gradient_buffers
+
+    release_gradient_buffers(Gc), release_gradient_buffers(Dc)  # the copies' kept gradient memory goes now
     del Gc, Dc
     if len(sizes) == 2:
         per_sample = (micro - 1) / (sizes[1] - 1)
@@ -251,7 +254,7 @@ def check_input_size(parts, size: tuple[int, int]) -> None:
     h, w = size
     try:
         with torch.device("meta"):
-            G, D = build_generator(parts), build_discriminator(parts)
+            G, D = build_generator(parts).eval(), build_discriminator(parts).eval()  # shapes only: no batch stats
             labels = torch.zeros(1, parts.num_classes, h, w)
             cond = Condition(labels,
                              instance_edges=torch.zeros(1, 1, h, w) if getattr(G, "uses_instance_edges", False) else None,
@@ -262,7 +265,7 @@ def check_input_size(parts, size: tuple[int, int]) -> None:
     except GensynthError:
         raise
     except ValueError as exc:  # the parts' own size checks (e.g. SPADE's start map) raise ValueError
-        if "size" in str(exc) or "multiple" in str(exc):
+        if "multiple" in str(exc):
             from gensynth.errors import ConfigError
 
             raise ConfigError(f"data.size {h}x{w}: {exc}") from None

@@ -689,9 +689,18 @@ class Trainer:
                 f"[bold]steps[/] {self.step}/{self.total}", markup=True)
         if micros is None or not cfg.trainer.preflight:
             return
-        est = measure_step(self.G, self.D, self.method.g_losses, self.method.d_losses, micros, self.device,
-                           lambda: autocast(cfg.trainer.precision, self.device), step=self.step,
-                           processes_per_node=processes_per_node())
+        try:
+            est = measure_step(self.G, self.D, self.method.g_losses, self.method.d_losses, micros, self.device,
+                               lambda: autocast(cfg.trainer.precision, self.device), step=self.step,
+                               processes_per_node=processes_per_node())
+        except Exception as exc:  # noqa: BLE001 - the first real step checks the parts and names the one at fault
+            if d.is_main:
+                self.progress.message(f"no estimate: the measured step failed ({type(exc).__name__}: "
+                                      f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the first training "
+                                      f"step checks the parts", markup=False)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return
         self.estimate = est
         if not d.is_main:
             return
