@@ -79,8 +79,16 @@ def test_bad_label_inputs_name_the_file(syn, tmp_path):
     bad_ids[0, 0] = 200
     with pytest.raises(DataError, match=r"bad\.png contains ids 200 .*valid raw ids: 0\.\.10"):
         syn.read_labels(_save_ids(tmp_path / "bad.png", bad_ids))
-    with pytest.raises(DataError, match=r"odd\.png is 31x32 .*trained at 32x32 .*multiples of 2"):
-        syn.read_labels(_save_ids(tmp_path / "odd.png", _scene(31, 32)[0]))
+    odd = _save_ids(tmp_path / "odd.png", _scene(31, 32)[0])
+    with pytest.raises(DataError, match=r"odd\.png is 31x32 .*trained at 32x32 .*multiples of 2.*drop --native-size"):
+        syn.read_labels(odd, fit="keep")
+    resized = syn.read_labels(odd)  # the default: resized (nearest) to the training size, as training does
+    assert resized.shape == (1, 32, 32)
+    from gensynth.data.shards import nearest_resize
+
+    assert torch.equal(resized[0], torch.from_numpy(nearest_resize(_scene(31, 32)[0].numpy(), (32, 32))))
+    big = _save_ids(tmp_path / "big.png", _scene(64, 64)[0])
+    assert syn.read_labels(big).shape == (1, 32, 32) and syn.read_labels(big, fit="keep").shape == (1, 64, 64)
     Image.fromarray(np.stack([np.zeros((32, 32), np.uint8), np.full((32, 32), 9, np.uint8),
                               np.zeros((32, 32), np.uint8)], -1)).save(tmp_path / "rgb.png")
     with pytest.raises(DataError, match=r"rgb\.png: colour \(0, 9, 0\) at pixel \(x=0, y=0\) is not a class colour of dataset 'demo'"):

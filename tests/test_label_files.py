@@ -124,7 +124,8 @@ def test_real_cityscapes_gtfine_folder_reads_label_ids_only():
     files = list_label_files(folder, spec)
     assert files and all(f.name.endswith("_gtFine_labelIds.png") for f in files)
     assert len(files) == len(list(folder.rglob("*_gtFine_instanceIds.png")))
-    ids = read_label_map(files[0], spec, (256, 512), multiple=16)
+    ids = read_label_map(files[0], spec, (256, 512), multiple=16, fit="keep")
+    assert read_label_map(files[0], spec, (256, 512)).shape == (256, 512)  # the default: the training size
     assert ids.shape == (1024, 2048) and 0 <= int(ids.min()) and int(ids.max()) <= 33
 
 

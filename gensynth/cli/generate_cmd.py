@@ -11,7 +11,7 @@ def _is_shards(path: str) -> bool:
     return path.endswith(".tar") or "{" in path or "://" in path or (p.is_dir() and any(p.glob("*.tar")))
 
 
-def _label_sets(syn, labels: str):
+def _label_sets(syn, labels: str, fit: str = "resize"):
     """Yield (stem, ids (1, H, W)) from a PNG, a folder of PNGs, or shards (the dataset's validation split)."""
     if _is_shards(labels):
         from gensynth.config import DataConfig
@@ -24,7 +24,7 @@ def _label_sets(syn, labels: str):
     from gensynth.generate.labels import list_label_files, read_label_map
 
     for f in list_label_files(labels, syn.spec):
-        yield f.stem, read_label_map(f, syn.spec, syn.size, syn.size_multiple).unsqueeze(0)
+        yield f.stem, read_label_map(f, syn.spec, syn.size, syn.size_multiple, fit=fit).unsqueeze(0)
 
 
 @click.command()
@@ -41,8 +41,12 @@ def _label_sets(syn, labels: str):
               help="re-sample the noise only inside this mask PNG (non-zero = inside)")
 @click.option("--interpolate", "interp", default=None, type=click.IntRange(2),
               help="interpolate between two noise vectors in N steps")
+@click.option("--native-size", is_flag=True,
+              help="generate at each label file's own size (sides must be multiples of the model's) instead of "
+                   "resizing it (nearest) to the training size")
 @click.option("--device", default="auto", show_default=True)
-def command(checkpoint, labels, out, samples, seed, no_ema, resample_class, resample_mask, interp, device):
+def command(checkpoint, labels, out, samples, seed, no_ema, resample_class, resample_mask, interp, native_size,
+            device):
     """Generate images from label maps with a trained model.
 
     \b
@@ -68,7 +72,7 @@ def command(checkpoint, labels, out, samples, seed, no_ema, resample_class, resa
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     written = 0
-    for index, (stem, ids) in enumerate(_label_sets(syn, labels)):
+    for index, (stem, ids) in enumerate(_label_sets(syn, labels, "keep" if native_size else "resize")):
         s = None if seed is None else seed + index
         label_img = syn.colorize(ids[0])
         label_img.save(out_dir / f"{stem}_label.png")

@@ -104,9 +104,13 @@ class Synthesizer:
         raise DataError(f"dataset {self.spec.name!r} has no class named {name_or_id!r}.{suggest(name_or_id, names)} "
                         f"Classes: {', '.join(names)}")
 
-    def read_labels(self, path: str | Path) -> Tensor:
-        """A label PNG or a folder of them -> (B, H, W) int64 model class ids (all must share one size)."""
-        maps = [read_label_map(f, self.spec, self.size, self.size_multiple) for f in list_label_files(path, self.spec)]
+    def read_labels(self, path: str | Path, fit: str = "resize") -> Tensor:
+        """A label file or a folder of them -> (B, H, W) int64 model class ids (all must share one size).
+
+        fit: ``"resize"`` maps of another size to the training size (nearest, as training does); ``"keep"`` their
+        own size (sides multiples of :attr:`size_multiple`)."""
+        maps = [read_label_map(f, self.spec, self.size, self.size_multiple, fit=fit)
+                for f in list_label_files(path, self.spec)]
         shapes = {tuple(m.shape) for m in maps}
         if len(shapes) > 1:
             raise DataError(f"label maps in {path} differ in size ({sorted(shapes)}); generate them separately")

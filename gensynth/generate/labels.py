@@ -58,15 +58,24 @@ def check_size(ids: np.ndarray | Tensor, expected: tuple[int, int], multiple: in
     if h % multiple or w % multiple:
         raise DataError(f"label map {where} is {h}x{w} (HxW); this model was trained at {expected[0]}x{expected[1]} "
                         f"and needs sides that are multiples of {multiple}: resize it (nearest) to "
-                        f"{expected[0]}x{expected[1]}")
+                        f"{expected[0]}x{expected[1]}, or let gensynth do it (drop --native-size)")
 
 
-def read_label_map(path: str | Path, spec: DatasetSpec, expected: tuple[int, int], multiple: int = 1) -> Tensor:
-    """One label PNG -> (H, W) int64 model class ids, validated."""
+def read_label_map(path: str | Path, spec: DatasetSpec, expected: tuple[int, int], multiple: int = 1,
+                   fit: str = "resize") -> Tensor:
+    """One label file -> (H, W) int64 model class ids, validated.
+
+    fit: ``"resize"`` (default): a map of another size is resized (nearest, as training resizes its labels) to the
+    model's training size ``expected``; ``"keep"``: it keeps its own size, which must have sides that are
+    multiples of ``multiple``."""
     raw = read_id_png(path, spec)
+    if fit == "resize" and tuple(raw.shape[-2:]) != tuple(expected):
+        from gensynth.data.shards import nearest_resize
+
+        raw = nearest_resize(raw, tuple(expected))
     ids = raw_to_model_ids(raw, spec, str(path))
     check_size(ids, expected, multiple, str(path))
-    return torch.from_numpy(ids)
+    return torch.from_numpy(np.ascontiguousarray(ids))
 
 
 def check_model_ids(ids: Tensor, num_classes: int, where: str = "labels") -> None:
