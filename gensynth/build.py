@@ -10,7 +10,7 @@ from typing import Any
 from gensynth.config import RunConfig
 from gensynth.contracts import (ContractError, check_discriminator_module, check_generator_module,
                                 check_objective_accepts, part_ref)
-from gensynth.errors import ConfigError, IncompatibleError
+from gensynth.errors import ConfigError, GensynthError, IncompatibleError
 from gensynth.interfaces import (Capability, DatasetSpec, Discriminator, Generator, LossTerm, ModelPreset,
                                  Objective, TrainingMethod, discriminator_capabilities)
 from gensynth.options import select_part_options, validate_part_options
@@ -166,11 +166,25 @@ def check_compatibility(parts: Parts, host: PluginHost | None = None) -> None:
                     f"{parts.generator!r} has none. Set model.generator_options.use_vae=true or drop the loss")
 
 
+def _call_factory(host: PluginHost, kind: str, name: str, factory, kwargs: dict[str, Any]):
+    """``factory(**kwargs)``; an exception that is not gensynth's own becomes a ContractError naming the part and
+    its plugin in one line (the original stays chained: ``GENSYNTH_TRACEBACK=1`` shows it in the CLI)."""
+    try:
+        return factory(**kwargs)
+    except GensynthError:
+        raise
+    except Exception as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ContractError(f"{part_ref(host, kind, name)} failed to build ({type(exc).__name__}: {detail}) with "
+                            f"options {kwargs}: a bug in the plugin or an option it cannot take") from exc
+
+
 def build_generator(parts: Parts, host: PluginHost | None = None, **overrides: Any) -> Generator:
     """The generator of ``parts``; raises ContractError naming it when the factory returns no Generator."""
     host = host or get_host()
     factory = host.registry("generators").get(parts.generator)
-    g = factory(num_classes=parts.num_classes, **{**parts.generator_options, **overrides})
+    g = _call_factory(host, "generators", parts.generator, factory,
+                      {"num_classes": parts.num_classes, **parts.generator_options, **overrides})
     check_generator_module(g, part_ref(host, "generators", parts.generator), parts.num_classes)
     return g
 
@@ -180,7 +194,8 @@ def build_discriminator(parts: Parts, host: PluginHost | None = None, **override
     with a declared output kind, IncompatibleError when the objective cannot score that kind."""
     host = host or get_host()
     factory = host.registry("discriminators").get(parts.discriminator)
-    d = factory(num_classes=parts.num_classes, **{**parts.discriminator_options, **overrides})
+    d = _call_factory(host, "discriminators", parts.discriminator, factory,
+                      {"num_classes": parts.num_classes, **parts.discriminator_options, **overrides})
     check_discriminator_module(d, part_ref(host, "discriminators", parts.discriminator), parts.num_classes)
     o_cls = host.registry("objectives").get(parts.objective)
     if d.output_kind not in o_cls.accepts:

@@ -92,3 +92,26 @@ def test_leaving_the_broken_plugin_out_silences_it(broken_site):
     assert r.returncode == 0, r.stderr
     assert _warnings(r.stderr) == []
     assert sorted(p["name"] for p in json.loads(r.stdout)) == ["datasets", "gensynth", "oasis"]
+
+
+def test_a_factory_that_raises_at_build_is_one_line_naming_the_part(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    _install(site, "bad_factory", """
+        from gensynth.hookspecs import hookimpl
+
+        def build(num_classes, **options):
+            raise KeyError("weights.pt")
+
+        @hookimpl
+        def register_discriminators(register):
+            register("bad-d", build, description="raises at build")
+    """)
+    args = ("train", "--model", "oasis", "--data", "demo", "--discriminator", "bad-d", "--objective", "n+1",
+            "--steps", "1", "--run-dir", str(tmp_path / "run"))
+    r = _gensynth(site, *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert ("error: discriminator 'bad-d' (plugin 'bad_factory') failed to build (KeyError: 'weights.pt') with options "
+            "{'num_classes': 11}: a bug in the plugin or an option it cannot take") in r.stderr, r.stderr
+    r = _gensynth(site, *args, GENSYNTH_TRACEBACK="1")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "KeyError: 'weights.pt'" in r.stderr

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
 import sys
 
 from gensynth.runtime import prefer_huge_pages
@@ -30,6 +31,8 @@ class GensynthGroup(click.Group):
         try:
             return super().invoke(ctx)
         except GensynthError as exc:
+            if os.environ.get("GENSYNTH_TRACEBACK"):
+                raise
             Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
             ctx.exit(2)
         except OSError as exc:
