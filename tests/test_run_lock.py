@@ -114,3 +114,37 @@ def test_lock_held_by_an_orphan_of_a_dead_trainer_is_taken_over(tmp_path):
     assert not (run / LOCK_FILE).exists()
     with RunLock(run) as again:
         assert again.taken_over is None  # a cleanly released lock is not "taken over"
+
+
+_HOLDER = textwrap.dedent("""
+    import sys, time
+    from gensynth.train.run_lock import RunLock
+    lock = RunLock(sys.argv[1]).acquire()
+    print("held", flush=True)
+    time.sleep(600)
+""")
+
+
+@pytest.mark.slow
+def test_every_process_of_a_ddp_run_stops_when_rank_0_cannot_take_the_lock(tmp_path, tiny_cache):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run)], env=_env(), stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = []
+        for k, v in tiny_overrides(run, tiny_cache).items():
+            args += ["--set", f"{k}={json.dumps(v)}"]
+        started = time.time()
+        proc = subprocess.run([sys.executable, "-m", "gensynth", "train", "--nproc", "2", *args], env=_env(),
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode != 0
+        err = proc.stderr.replace("\n", "")
+        assert f"run directory {run} is in use by another trainer: pid {holder.pid}" in err, proc.stderr[-3000:]
+        assert "rank 0 could not take the run directory's lock (see its error); this process stops too" in err
+        assert time.time() - started < 200  # no process waited for rank 0 until a collective timed out
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

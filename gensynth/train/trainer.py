@@ -37,7 +37,7 @@ from gensynth.train.init_from import InitReport, load_matching
 from gensynth.train.logging import MetricsLog, ProgressDisplay
 from gensynth.train.precision import autocast, make_scaler
 from gensynth.train.preflight import check_input_size
-from gensynth.train.run_lock import RunLock
+from gensynth.train.run_lock import RunDirBusyError, RunLock
 from gensynth.train.samples import make_grid, palette, save_png
 from gensynth.train.schedule import make_scheduler
 from gensynth.train.signals import StopRequest
@@ -122,12 +122,25 @@ class Trainer:
         cfg = self.cfg
         self.dist = dist_util.setup(cfg.trainer.device)
         d = self.dist
+        refused: BaseException | None = None
         if d.is_main:  # one trainer per run directory (released in run())
-            self._lock = RunLock(self.run_dir).acquire()
-            if self._lock.taken_over:
-                (self.console or Console(stderr=True)).print(
-                    f"[yellow]warning:[/] took over the lock of {self.run_dir} from {self._lock.taken_over}, which "
-                    f"is no longer running", highlight=False)
+            try:
+                self._lock = RunLock(self.run_dir).acquire()
+            except GensynthError as exc:
+                refused = exc
+            else:
+                if self._lock.taken_over:
+                    (self.console or Console(stderr=True)).print(
+                        f"[yellow]warning:[/] took over the lock of {self.run_dir} from {self._lock.taken_over}, "
+                        f"which is no longer running", highlight=False)
+        if d.enabled:  # every process stops when rank 0 could not take the lock (none waits for it forever)
+            flag = torch.tensor([1.0 if refused is not None else 0.0], device=d.device)
+            dist_util.all_reduce_max(flag, d)
+            if refused is None and flag.item() > 0:
+                raise RunDirBusyError(f"{self.run_dir}: rank 0 could not take the run directory's lock (see its "
+                                      f"error); this process stops too")
+        if refused is not None:
+            raise refused
         self.device = d.device
         self.loader = _load_data_api()
         self.parts: Parts = resolve_parts(cfg)
