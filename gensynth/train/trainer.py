@@ -132,7 +132,7 @@ class Trainer:
                 if self._lock.taken_over:
                     (self.console or Console(stderr=True)).print(
                         f"[yellow]warning:[/] took over the lock of {self.run_dir} from {self._lock.taken_over}, "
-                        f"which is no longer running", highlight=False)
+                        f"which is no longer running", highlight=False, soft_wrap=True)
         if d.enabled:  # every process stops when rank 0 could not take the lock (none waits for it forever)
             flag = torch.tensor([1.0 if refused is not None else 0.0], device=d.device)
             dist_util.all_reduce_max(flag, d)
