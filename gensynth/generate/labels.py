@@ -7,6 +7,7 @@ file, the offending values and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -32,11 +33,14 @@ def list_label_files(path: str | Path) -> list[Path]:
     raise DataError(f"label path {p} does not exist (expected a label PNG, a folder of them, or shards)")
 
 
-def read_id_png(path: str | Path) -> np.ndarray:
-    """(H, W) int64 raw ids from a greyscale (8/16-bit) or palette PNG; RGB colour masks are refused."""
-    p = Path(path)
+def read_id_png(path: str | Path | BinaryIO, where: str | None = None) -> np.ndarray:
+    """(H, W) int64 raw ids from a greyscale (8/16-bit) or palette PNG; RGB colour masks are refused.
+
+    path: a file path or an open binary file (e.g. uploaded bytes in a BytesIO); ``where`` names it in errors
+    (default: the path)."""
+    p = where if where is not None else path if isinstance(path, (str, Path)) else "label map"
     try:
-        with Image.open(p) as img:
+        with Image.open(Path(path) if isinstance(path, str) else path) as img:
             img.load()
             mode = img.mode
             if mode in ("RGB", "RGBA"):

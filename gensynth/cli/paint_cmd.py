@@ -1,0 +1,68 @@
+"""``gensynth paint``: serve a local page to paint label maps and see generated images as you paint."""
+from __future__ import annotations
+
+import itertools
+
+import click
+
+
+def _parse_size(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    from gensynth.errors import ConfigError
+
+    parts = value.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"--size must be HxW with positive integers (e.g. 256x512), got {value!r}")
+    return int(parts[0]), int(parts[1])
+
+
+@click.command()
+@click.option("--checkpoint", "-c", required=True, help="run directory or checkpoint directory")
+@click.option("--labels", "-l", default=None,
+              help="label maps to start from: a label PNG (dataset raw ids), a folder of them, or shards")
+@click.option("--max-labels", default=32, show_default=True, type=click.IntRange(1),
+              help="read at most this many label maps from --labels")
+@click.option("--size", default=None, help="HxW of a blank canvas (default: the model's training size)")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on; anything but a loopback address exposes the page to your network")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(0, 65535), help="0 = any free port")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--verbose", is_flag=True, help="log every request")
+def command(checkpoint, labels, max_labels, size, host, port, device, verbose):
+    """Paint a label map in your browser and see the model's image follow each stroke.
+
+    \b
+    Examples:
+      gensynth paint --checkpoint runs/oasis-demo
+      gensynth paint -c runs/oasis-cityscapes --labels val_labels/ --port 0
+    """
+    from rich.console import Console
+
+    from gensynth.api import resolve_device
+    from gensynth.cli.generate_cmd import _label_sets
+    from gensynth.paint.server import PaintServer, is_loopback
+    from gensynth.paint.session import PaintSession
+
+    console = Console(stderr=True)
+    session = PaintSession.from_checkpoint(checkpoint, device=resolve_device(device), size=_parse_size(size))
+    if labels is not None:
+        for stem, ids in itertools.islice(_label_sets(session.syn, labels), max_labels):
+            grid = ids[0].numpy()
+            session.check_ids(grid, f"label map {stem}")
+            session.initial.append((stem, grid))
+    warm_ms = session.warm_up()
+    server = PaintServer(session, host=host, port=port, verbose=verbose)
+    if not is_loopback(host) and host != "localhost":
+        console.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this machine can use the "
+                      f"page", highlight=False)
+    console.print(f"gensynth paint: {session.syn.parts.generator} on {session.syn.spec.name} "
+                  f"({session.size[0]}x{session.size[1]}, first image {warm_ms:.0f} ms) from {session.syn.source}",
+                  highlight=False)
+    click.echo(f"open {server.url}  (Ctrl-C to stop)", err=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped", highlight=False)
+    finally:
+        server.server_close()

@@ -1,0 +1,6 @@
+"""``gensynth paint``: a local web page to paint label maps and see a trained generator's images follow.
+
+:mod:`gensynth.paint.session` holds the warm model and turns what the page sends into images and label PNGs;
+:mod:`gensynth.paint.server` is the standard-library HTTP server; ``static/`` holds the page (HTML canvas painted
+through ImageData on an integer class-id grid, so strokes are never antialiased). See docs/paint.md.
+"""

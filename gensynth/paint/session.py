@@ -1,0 +1,283 @@
+"""The model side of ``gensynth paint``: one warm generator, and what the page sends turned into images.
+
+A :class:`PaintSession` holds a :class:`gensynth.generate.api.Synthesizer` (EMA generator, eval mode) for the
+whole life of the server and serialises calls to it (one request at a time, nothing batched).
+
+What the page sends for one update (:class:`GenerateRequest`):
+
+* ``ids``: (H, W) model class ids, as uint16 little-endian bytes (base64 in JSON);
+* the noise as a *seed map*: ``seeds`` (K,) ints and ``noise`` (H, W) indices into ``seeds``. Every pixel gets
+  the noise vector drawn from its seed (:meth:`Synthesizer.sample_z` of that seed), so re-sampling a region is
+  "give these pixels a new seed" and the page can undo it. With one seed and a zero map this is the global
+  noise of ``gensynth generate --seed`` (same images). Models without spatial noise use ``seeds[0]`` only.
+* ``style``: an optional style image (PNG/JPEG bytes) for generators with a style encoder (SPADE with use_vae).
+
+Label maps leave and enter as id PNGs of the dataset's *raw* ids, exactly what ``gensynth generate --labels``
+reads (:func:`gensynth.generate.labels.read_id_png`).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gensynth.errors import DataError, IncompatibleError
+from gensynth.generate.api import Synthesizer
+from gensynth.generate.labels import check_size, raw_to_model_ids, read_id_png
+from gensynth.generate.sheet import to_pil
+from gensynth.interfaces import Condition, NoiseKind
+
+MAX_SIDE = 2048  # largest canvas side the server accepts
+MAX_SEEDS = 4096  # largest number of distinct noise seeds in one request
+
+
+class GenerateRequest(BaseModel):
+    """One image request from the page (JSON body of ``POST /api/generate``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(ge=1, le=MAX_SIDE)
+    height: int = Field(ge=1, le=MAX_SIDE)
+    ids: str = Field(description="base64 of (H, W) uint16 little-endian model class ids")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS)
+    noise: str | None = Field(None, description="base64 of (H, W) uint16 indices into seeds; None = all 0")
+    style: str | None = Field(None, description="base64 of a style image file (PNG/JPEG) or a data: URL")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_range(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if not 0 <= s < 2 ** 63]
+        if bad:
+            raise ValueError(f"seeds must be integers in 0..2**63-1, got {bad[:3]}")
+        return v
+
+
+def decode_grid(text: str, height: int, width: int, what: str) -> np.ndarray:
+    """base64 of uint16 little-endian values -> (H, W) int64; DataError naming ``what`` for a wrong length."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise DataError(f"{what}: not valid base64 ({exc})") from exc
+    if len(raw) != 2 * height * width:
+        raise DataError(f"{what}: expected {height}x{width} uint16 values ({2 * height * width} bytes), "
+                        f"got {len(raw)} bytes")
+    return np.frombuffer(raw, dtype="<u2").reshape(height, width).astype(np.int64)
+
+
+def encode_grid(ids: np.ndarray) -> str:
+    """(H, W) ints in 0..65535 -> base64 of uint16 little-endian (what the page sends and reads)."""
+    return base64.b64encode(np.ascontiguousarray(ids, dtype="<u2").tobytes()).decode("ascii")
+
+
+def decode_style(text: str) -> bytes:
+    """A style image as base64 or a ``data:image/...;base64,`` URL -> file bytes."""
+    if text.startswith("data:"):
+        text = text.split(",", 1)[-1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise DataError(f"style image: not valid base64 ({exc})") from exc
+
+
+@dataclass
+class PaletteEntry:
+    """A paintable class: model id, name, colour (R, G, B) and the raw id written to label PNGs."""
+
+    id: int
+    name: str
+    color: tuple[int, int, int]
+    raw_id: int
+
+
+@dataclass
+class Timing:
+    """Milliseconds of the last request: model forward and PNG encoding."""
+
+    model_ms: float = 0.0
+    encode_ms: float = 0.0
+
+
+@dataclass
+class PaintSession:
+    """A warm generator for the painting page. ``size``: (H, W) of a blank canvas (default: training size)."""
+
+    syn: Synthesizer
+    size: tuple[int, int]
+    initial: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (name, (H, W) model ids)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu",
+                        size: tuple[int, int] | None = None) -> "PaintSession":
+        """Load a run or checkpoint directory (EMA generator) through the verified checkpoint loader."""
+        syn = Synthesizer.from_checkpoint(path, device=device, ema=True)
+        session = cls(syn=syn, size=tuple(size or syn.size))
+        check_size(np.zeros(session.size), syn.size, syn.size_multiple, f"--size {session.size[0]}x{session.size[1]}")
+        return session
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def spatial_noise(self) -> bool:
+        return self.syn.generator.noise == NoiseKind.SPATIAL and self.syn.z_dim > 0
+
+    @property
+    def takes_noise(self) -> bool:
+        return self.syn.generator.noise != NoiseKind.NONE and self.syn.z_dim > 0
+
+    @property
+    def style_image(self) -> bool:
+        return bool(getattr(self.syn.generator, "uses_style_image", False))
+
+    def palette(self) -> list[PaletteEntry]:
+        """The classes a label PNG can hold (those with a raw id), in model-id order; raw id = smallest one."""
+        table = np.asarray(self.syn.spec.raw_to_class, dtype=np.int64)
+        out = []
+        for c in self.syn.spec.classes:
+            raws = np.nonzero(table == c.id)[0]
+            if raws.size:
+                out.append(PaletteEntry(c.id, c.name, tuple(int(v) for v in c.color), int(raws[0])))
+        return out
+
+    def default_class(self) -> int:
+        """The class a blank canvas starts with: the dataset's don't-care class if paintable, else the first."""
+        pal = self.palette()
+        ids = [p.id for p in pal]
+        dc = self.syn.spec.dontcare
+        return dc if dc in ids else ids[0]
+
+    def info(self) -> dict:
+        """Everything the page needs to build itself (JSON-ready)."""
+        spec = self.syn.spec
+        return {
+            "dataset": spec.name, "source": self.syn.source, "generator": self.syn.parts.generator,
+            "height": self.size[0], "width": self.size[1], "train_size": list(self.syn.size),
+            "size_multiple": self.syn.size_multiple, "num_classes": self.syn.num_classes,
+            "classes": [{"id": p.id, "name": p.name, "color": list(p.color), "raw_id": p.raw_id}
+                        for p in self.palette()],
+            "default_class": self.default_class(), "noise": self.syn.generator.noise.value,
+            "takes_noise": self.takes_noise, "spatial_noise": self.spatial_noise, "style_image": self.style_image,
+            "samples": [name for name, _ in self.initial],
+        }
+
+    # ------------------------------------------------------------------------------------------
+    def check_ids(self, ids: np.ndarray, where: str) -> None:
+        """DataError when ``ids`` holds a class a label PNG cannot store, or has a size the model cannot take."""
+        allowed = np.zeros(self.syn.num_classes, dtype=bool)
+        allowed[[p.id for p in self.palette()]] = True
+        bad = np.unique(ids[(ids < 0) | (ids >= len(allowed))])
+        inside = ids[(ids >= 0) & (ids < len(allowed))]
+        bad = np.union1d(bad, np.unique(inside[~allowed[inside]]))
+        if bad.size:
+            raise DataError(f"{where} contains class ids {bad[:10].tolist()} that are not paintable classes of "
+                            f"dataset {self.syn.spec.name!r} (model classes 0..{self.syn.num_classes - 1})")
+        check_size(ids, self.syn.size, self.syn.size_multiple, where)
+
+    def read_label_png(self, data: bytes, where: str = "(uploaded)") -> np.ndarray:
+        """An id PNG (dataset raw ids, as ``gensynth generate --labels`` reads) -> (H, W) model ids, validated."""
+        if len(data) == 0:
+            raise DataError(f"{where} is empty")
+        raw = read_id_png(io.BytesIO(data), where=where)
+        if raw.ndim != 2:
+            raise DataError(f"{where} is not a single-channel id image (shape {raw.shape})")
+        if max(raw.shape) > MAX_SIDE:
+            raise DataError(f"{where} is {raw.shape[0]}x{raw.shape[1]}; the painter accepts sides up to {MAX_SIDE}")
+        ids = raw_to_model_ids(raw, self.syn.spec, where)
+        self.check_ids(ids, where)
+        return ids
+
+    def label_png(self, ids: np.ndarray) -> bytes:
+        """(H, W) model ids -> id PNG of the dataset's raw ids (8-bit, or 16-bit when a raw id exceeds 255)."""
+        self.check_ids(ids, "label map")
+        lut = np.zeros(self.syn.num_classes, dtype=np.int64)
+        for p in self.palette():
+            lut[p.id] = p.raw_id
+        raw = lut[ids]
+        img = Image.fromarray(raw.astype(np.uint8), "L") if raw.max(initial=0) <= 255 else \
+            Image.fromarray(raw.astype(np.uint16))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+
+    def label_preview_png(self, ids: np.ndarray) -> bytes:
+        """(H, W) model ids -> colourised PNG (for people)."""
+        buf = io.BytesIO()
+        self.syn.colorize(torch.from_numpy(ids)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    # ------------------------------------------------------------------------------------------
+    def noise_for(self, seeds: list[int], noise: np.ndarray | None, height: int, width: int) -> torch.Tensor | None:
+        """The generator's z for a seed map: (1, 1, z_dim) global or (1, 1, z_dim, H, W) spatial, or None."""
+        if not self.takes_noise:
+            return None
+        vectors = torch.stack([self.syn.sample_z(1, seed=s)[0] for s in seeds])  # (K, z_dim)
+        if noise is None or not self.spatial_noise or not (noise != 0).any():
+            return vectors[0].view(1, 1, -1)
+        if int(noise.max()) >= len(seeds):
+            raise DataError(f"noise map refers to seed index {int(noise.max())} but only {len(seeds)} seeds were sent")
+        idx = torch.from_numpy(noise)
+        return vectors[idx].permute(2, 0, 1).unsqueeze(0).unsqueeze(0).contiguous()  # (1, 1, z, H, W)
+
+    def style_tensor(self, data: bytes, height: int, width: int) -> torch.Tensor:
+        """Style image file bytes -> (1, 3, H, W) in [-1, 1] resized (bilinear) to the canvas size."""
+        if not self.style_image:
+            raise IncompatibleError(f"generator {self.syn.parts.generator!r} has no style encoder "
+                                    f"(style images need e.g. SPADE with use_vae=true)")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                rgb = im.convert("RGB").resize((width, height), Image.BILINEAR)
+        except Exception as exc:
+            raise DataError(f"cannot read the style image: {exc}") from exc
+        x = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 127.5 - 1
+        return x.unsqueeze(0)
+
+    @torch.no_grad()
+    def generate(self, req: GenerateRequest) -> tuple[Image.Image, Timing]:
+        """One request -> the RGB image and its timing. Raises DataError for bad input."""
+        ids = decode_grid(req.ids, req.height, req.width, "label ids")
+        self.check_ids(ids, "painted label map")
+        noise = None if req.noise is None else decode_grid(req.noise, req.height, req.width, "noise map")
+        with self._lock:
+            t0 = time.perf_counter()
+            labels = torch.from_numpy(ids).unsqueeze(0)
+            if req.style is not None:
+                image = self._styled(labels, self.style_tensor(decode_style(req.style), req.height, req.width),
+                                     req.seeds[0])
+            else:
+                z = self.noise_for(req.seeds, noise, req.height, req.width)
+                image = self.syn.generate(labels, z=z, samples=1)[0, 0]
+            t1 = time.perf_counter()
+        pil = to_pil(image)[0]
+        return pil, Timing(model_ms=1000 * (t1 - t0))
+
+    def _styled(self, labels: torch.Tensor, style: torch.Tensor, seed: int) -> torch.Tensor:
+        """Generate with the style encoder: the generator draws z from q(z | style); ``seed`` fixes the draw."""
+        cond = self.syn.condition(labels)
+        cond = Condition(labels=cond.labels, instance_edges=cond.instance_edges, ids=cond.ids,
+                         style_image=style.to(self.syn.device))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = self.syn.generator(cond, None)
+        return out.image[0].float().cpu()
+
+    def image_png(self, image: Image.Image, timing: Timing) -> bytes:
+        t0 = time.perf_counter()
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", compress_level=1)
+        timing.encode_ms = 1000 * (time.perf_counter() - t0)
+        return buf.getvalue()
+
+    def warm_up(self) -> float:
+        """One blank-canvas generation so the first stroke does not pay for lazy initialisation; returns ms."""
+        h, w = self.size
+        req = GenerateRequest(width=w, height=h, ids=encode_grid(np.full((h, w), self.default_class())))
+        t0 = time.perf_counter()
+        self.generate(req)
+        return 1000 * (time.perf_counter() - t0)
