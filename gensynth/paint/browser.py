@@ -112,12 +112,14 @@ class PaintPage:
         c = self.element("#labels")
         return int(c.get_attribute("height")), int(c.get_attribute("width"))
 
-    def _offset(self, x: float, y: float) -> tuple[int, int]:
-        """Pixel (x, y) of the label grid -> offset from the canvas centre in CSS pixels (selenium 4)."""
+    def _offset(self, x: float, y: float, centre: bool = True) -> tuple[int, int]:
+        """Pixel (x, y) of the label grid (its centre; with ``centre=False`` the grid point (x, y), e.g. a pixel
+        corner) -> offset from the canvas centre in CSS pixels (what selenium 4 moves by)."""
         c = self.element("#labels")
         h, w = self.grid_size()
         rect = self.js("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", c)
-        return (round((x + 0.5) * rect[0] / w - rect[0] / 2), round((y + 0.5) * rect[1] / h - rect[1] / 2))
+        d = 0.5 if centre else 0.0
+        return (round((x + d) * rect[0] / w - rect[0] / 2), round((y + d) * rect[1] / h - rect[1] / 2))
 
     def choose_tool(self, tool: str) -> None:
         self.click(f'button.tool[data-tool="{tool}"]')
@@ -142,6 +144,18 @@ class PaintPage:
         for p in points[1:]:
             chain.move_to_element_with_offset(canvas, *self._offset(*p))
         chain.release().perform()
+
+    def polygon(self, corners: list[tuple[float, float]]) -> None:
+        """Polygon tool: click each grid point (pixel corners), then Enter fills the pixels whose centre is inside."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        self.choose_tool("polygon")
+        canvas = self.element("#labels")
+        for x, y in corners:
+            ActionChains(self.driver).move_to_element_with_offset(canvas, *self._offset(x, y, centre=False)) \
+                .click().perform()
+        ActionChains(self.driver).send_keys(Keys.ENTER).perform()
 
     def click_pixel(self, x: int, y: int) -> None:
         from selenium.webdriver.common.action_chains import ActionChains

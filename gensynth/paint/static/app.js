@@ -491,7 +491,7 @@
     S.zoom = Math.max(1, Math.floor(room / Math.max(info.width, info.height)));
     const zoom = $("zoom");
     zoom.innerHTML = "";
-    for (const z of [1, 2, 4, 8, 16, 32]) {
+    for (const z of [...new Set([1, 2, 4, 8, 16, 32, S.zoom])].sort((a, b) => a - b)) {
       const o = document.createElement("option"); o.value = o.textContent = z; zoom.append(o);
     }
     zoom.value = S.zoom;
