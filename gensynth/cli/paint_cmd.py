@@ -49,7 +49,7 @@ def command(checkpoint, labels, max_labels, size, host, port, device, verbose):
     if labels is not None:
         for stem, ids in itertools.islice(_label_sets(session.syn, labels), max_labels):
             grid = ids[0].numpy()
-            session.check_ids(grid, f"label map {stem}")
+            session.check_ids(grid, stem)
             session.initial.append((stem, grid))
     warm_ms = session.warm_up()
     server = PaintServer(session, host=host, port=port, verbose=verbose)

@@ -120,7 +120,7 @@ class PaintSession:
         """Load a run or checkpoint directory (EMA generator) through the verified checkpoint loader."""
         syn = Synthesizer.from_checkpoint(path, device=device, ema=True)
         session = cls(syn=syn, size=tuple(size or syn.size))
-        check_size(np.zeros(session.size), syn.size, syn.size_multiple, f"--size {session.size[0]}x{session.size[1]}")
+        check_size(np.zeros(session.size), syn.size, syn.size_multiple, "of --size")
         return session
 
     # ------------------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ class PaintSession:
         inside = ids[(ids >= 0) & (ids < len(allowed))]
         bad = np.union1d(bad, np.unique(inside[~allowed[inside]]))
         if bad.size:
-            raise DataError(f"{where} contains class ids {bad[:10].tolist()} that are not paintable classes of "
+            raise DataError(f"label map {where} contains class ids {bad[:10].tolist()} that are not paintable classes of "
                             f"dataset {self.syn.spec.name!r} (model classes 0..{self.syn.num_classes - 1})")
         check_size(ids, self.syn.size, self.syn.size_multiple, where)
 
@@ -195,7 +195,7 @@ class PaintSession:
 
     def label_png(self, ids: np.ndarray) -> bytes:
         """(H, W) model ids -> id PNG of the dataset's raw ids (8-bit, or 16-bit when a raw id exceeds 255)."""
-        self.check_ids(ids, "label map")
+        self.check_ids(ids, "(painted)")
         lut = np.zeros(self.syn.num_classes, dtype=np.int64)
         for p in self.palette():
             lut[p.id] = p.raw_id
@@ -242,7 +242,7 @@ class PaintSession:
     def generate(self, req: GenerateRequest) -> tuple[Image.Image, Timing]:
         """One request -> the RGB image and its timing. Raises DataError for bad input."""
         ids = decode_grid(req.ids, req.height, req.width, "label ids")
-        self.check_ids(ids, "painted label map")
+        self.check_ids(ids, "(painted)")
         noise = None if req.noise is None else decode_grid(req.noise, req.height, req.width, "noise map")
         with self._lock:
             t0 = time.perf_counter()
