@@ -32,11 +32,14 @@ class Chromium:
 def find_chromium() -> Chromium | None:
     """Chromium + chromedriver from $GENSYNTH_CHROMIUM / $GENSYNTH_CHROMEDRIVER, else Debian's /usr/bin ones, else
     the PATH; None when either is missing."""
-    binary = os.environ.get("GENSYNTH_CHROMIUM") or next(
-        (p for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
-         if p and os.path.exists(p)), None)
-    driver = os.environ.get("GENSYNTH_CHROMEDRIVER") or next(
-        (p for p in ("/usr/bin/chromedriver", shutil.which("chromedriver") or "") if p and os.path.exists(p)), None)
+    def first(env: str, candidates: tuple[str, ...]) -> str | None:
+        if os.environ.get(env):  # an explicit choice: that file or nothing
+            return os.environ[env] if os.path.isfile(os.environ[env]) else None
+        return next((p for p in candidates if p and os.path.isfile(p)), None)
+
+    binary = first("GENSYNTH_CHROMIUM", ("/usr/bin/chromium", shutil.which("chromium") or "",
+                                         shutil.which("chromium-browser") or ""))
+    driver = first("GENSYNTH_CHROMEDRIVER", ("/usr/bin/chromedriver", shutil.which("chromedriver") or ""))
     if not binary or not driver:
         return None
     return Chromium(binary, driver)
