@@ -226,7 +226,7 @@ def test_command_prints_the_url_and_serves(painting_run, tmp_path):
     label.write_bytes(png_bytes(scene().astype(np.uint8)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "gensynth", "paint", "-c", str(painting_run.run_dir),
-                             "--labels", str(label), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--labels", str(label), "--from-dataset", "--max-labels", "2", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:
         line = proc.stdout.readline()
@@ -236,7 +236,10 @@ def test_command_prints_the_url_and_serves(painting_run, tmp_path):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("GET", "/api/info")
         info = json.loads(conn.getresponse().read())
-        assert info["samples"] == ["start"]
+        assert info["samples"] == ["start", "demo_val_000000", "demo_val_000001"]  # --labels, then the run's val
+        conn.request("GET", "/api/sample/2")
+        got = json.loads(conn.getresponse().read())
+        assert (got["name"], got["height"], got["width"]) == ("demo_val_000001", SIZE, SIZE)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -21,20 +21,23 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
 @click.option("--checkpoint", "-c", required=True, help="run directory or checkpoint directory")
 @click.option("--labels", "-l", default=None,
               help="label maps to start from: a label PNG (dataset raw ids), a folder of them, or shards")
+@click.option("--from-dataset", is_flag=True,
+              help="also offer label maps of the run's validation split (its data.root; demo data is generated)")
 @click.option("--max-labels", default=32, show_default=True, type=click.IntRange(1),
-              help="read at most this many label maps from --labels")
+              help="read at most this many label maps from --labels (and from the dataset)")
 @click.option("--size", default=None, help="HxW of a blank canvas (default: the model's training size)")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="address to listen on; anything but a loopback address exposes the page to your network")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(0, 65535), help="0 = any free port")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--verbose", is_flag=True, help="log every request")
-def command(checkpoint, labels, max_labels, size, host, port, device, verbose):
+def command(checkpoint, labels, from_dataset, max_labels, size, host, port, device, verbose):
     """Paint a label map in your browser and see the model's image follow each stroke.
 
     \b
     Examples:
       gensynth paint --checkpoint runs/oasis-demo
+      gensynth paint -c runs/oasis-demo --from-dataset
       gensynth paint -c runs/oasis-cityscapes --labels val_labels/ --port 0
     """
     from rich.console import Console
@@ -51,6 +54,10 @@ def command(checkpoint, labels, max_labels, size, host, port, device, verbose):
             grid = ids[0].numpy()
             session.check_ids(grid, stem)
             session.initial.append((stem, grid))
+    if from_dataset:
+        for key, grid in session.dataset_samples(max_labels):
+            session.check_ids(grid, key)
+            session.initial.append((key, grid))
     warm_ms = session.warm_up()
     server = PaintServer(session, host=host, port=port, verbose=verbose)
     if not is_loopback(host) and host != "localhost":

@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,14 +113,20 @@ class PaintSession:
     syn: Synthesizer
     size: tuple[int, int]
     initial: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (name, (H, W) model ids)
+    config: Any = None  # the run's RunConfig when loaded from a checkpoint
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu",
                         size: tuple[int, int] | None = None) -> "PaintSession":
-        """Load a run or checkpoint directory (EMA generator) through the verified checkpoint loader."""
-        syn = Synthesizer.from_checkpoint(path, device=device, ema=True)
-        session = cls(syn=syn, size=tuple(size or syn.size))
+        """Load a run or checkpoint directory (EMA generator) through the verified checkpoint loader
+        (:func:`gensynth.api.load_model`: safetensors, checksums, configuration read without trusting commands)."""
+        from gensynth.api import load_model
+
+        m = load_model(path, ema=True, device=device)
+        syn = Synthesizer(m.generator, m.parts, size=tuple(m.config.data.size) if m.config.data.size else None,
+                          device=device, source=str(m.checkpoint.path if m.checkpoint else path))
+        session = cls(syn=syn, size=tuple(size or syn.size), config=m.config)
         check_size(np.zeros(session.size), syn.size, syn.size_multiple, "of --size")
         return session
 
@@ -273,6 +280,20 @@ class PaintSession:
         image.save(buf, format="PNG", compress_level=1)
         timing.encode_ms = 1000 * (time.perf_counter() - t0)
         return buf.getvalue()
+
+    def dataset_samples(self, limit: int) -> list[tuple[str, np.ndarray]]:
+        """The first ``limit`` label maps of the run's validation split, read as the run's configuration says
+        (data.root, data.val_split; procedural datasets such as ``demo`` are generated): [(key, (H, W) ids)]."""
+        if self.config is None:
+            raise DataError("this session was not loaded from a checkpoint: it has no run configuration to read "
+                            "dataset samples from")
+        from gensynth.data.loader import eval_batches
+
+        data = self.config.data.model_copy(update={"num_workers": 0})
+        out = []
+        for batch in eval_batches(data, self.syn.spec, batch_size=1, limit=limit):
+            out.append((batch.keys[0], batch.label[0].numpy().astype(np.int64)))
+        return out
 
     def warm_up(self) -> float:
         """One blank-canvas generation so the first stroke does not pay for lazy initialisation; returns ms."""
