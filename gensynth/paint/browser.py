@@ -203,5 +203,6 @@ class PaintPage:
     def screenshot(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.js("window.scrollTo(0, 0)")
         self.driver.save_screenshot(str(path))
         return path
