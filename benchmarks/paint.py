@@ -33,11 +33,11 @@ RESULTS = Path(__file__).resolve().parent / "results" / "paint.json"
 SIZE = (256, 256)
 
 
-def random_session(data: str) -> PaintSession:
+def random_session(data: str, precision: str) -> PaintSession:
     torch.manual_seed(0)
     generator, _, parts = build_model("oasis", data, **{"data.size": list(SIZE)})
     syn = Synthesizer(generator, parts, size=SIZE, source=f"random init (oasis, {data})")
-    return PaintSession(syn=syn, size=SIZE)
+    return PaintSession(syn=syn, size=SIZE, precision=precision)
 
 
 def measure(session: PaintSession, strokes: int, chromium, downloads: Path) -> dict:
@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--strokes", type=int, default=6)
     ap.add_argument("--models", default="oasis-demo,oasis-full")
     ap.add_argument("--checkpoint", default=None, help="also time this trained run (EMA generator) at 256x256")
+    ap.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     chromium = find_chromium()
@@ -80,18 +81,21 @@ def main(argv=None) -> int:
         print("Chromium/chromedriver not found: apt-get install chromium chromium-driver", file=sys.stderr)
         return 1
     sessions = {}
-    for name in [m for m in args.models.split(",") if m]:
-        sessions[name] = random_session({"oasis-full": "ade20k", "oasis-demo": "demo"}[name])
-    if args.checkpoint:
-        sessions["checkpoint"] = PaintSession.from_checkpoint(args.checkpoint, size=SIZE)
+    for precision in [p for p in args.precisions.split(",") if p]:
+        for name in [m for m in args.models.split(",") if m]:
+            sessions[f"{name} {precision}"] = random_session({"oasis-full": "ade20k", "oasis-demo": "demo"}[name],
+                                                             precision)
+        if args.checkpoint:
+            sessions[f"checkpoint {precision}"] = PaintSession.from_checkpoint(args.checkpoint, size=SIZE,
+                                                                               precision=precision)
     results = {"torch_threads": torch.get_num_threads(), "models": {}}
     print(f"torch threads {torch.get_num_threads()}; canvas {SIZE[0]}x{SIZE[1]}; {args.strokes} strokes per model")
-    print(f"{'model':<12} {'params':>11} {'stroke->image (median)':>23} {'model':>9} {'overhead':>9} {'vs 1 s':>7}")
+    print(f"{'model':<17} {'params':>11} {'stroke->image (median)':>23} {'model':>9} {'overhead':>9} {'vs 1 s':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, session in sessions.items():
             r = measure(session, args.strokes, chromium, Path(tmp) / name)
             results["models"][name] = r
-            print(f"{name:<12} {r['parameters']:>11,} {r['median_total_ms']:>20.0f} ms {r['median_model_ms']:>6.0f} ms "
+            print(f"{name:<17} {r['parameters']:>11,} {r['median_total_ms']:>20.0f} ms {r['median_model_ms']:>6.0f} ms "
                   f"{r['median_overhead_ms']:>6.0f} ms {r['median_total_ms'] / 1000:>6.2f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
