@@ -40,8 +40,21 @@ def random_session(data: str, precision: str) -> PaintSession:
     return PaintSession(syn=syn, size=SIZE, precision=precision)
 
 
+def forward_gflop(session: PaintSession) -> float:
+    """GFLOP of one generator forward on a 256x256 label map (convolutions and matmuls, torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ids = torch.zeros(1, *SIZE, dtype=torch.long)
+    ids[:, SIZE[0] // 2:] = session.default_class()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        session.syn.generate(ids, samples=1, seed=0)
+    return counter.get_total_flops() / 1e9
+
+
 def measure(session: PaintSession, strokes: int, chromium, downloads: Path) -> dict:
     params = sum(p.numel() for p in session.syn.generator.parameters())
+    gflop = forward_gflop(session)
     warm_ms = session.warm_up()
     server = PaintServer(session, port=0)
     server.start_background()
@@ -62,7 +75,8 @@ def measure(session: PaintSession, strokes: int, chromium, downloads: Path) -> d
         server.server_close()
     total = [t["total"] for t in timings]
     model = [t["model"] for t in timings]
-    return {"source": session.syn.source, "parameters": params, "size": list(SIZE), "warm_up_ms": round(warm_ms, 1),
+    return {"source": session.syn.source, "parameters": params, "forward_gflop": round(gflop, 1),
+            "precision": session.precision, "size": list(SIZE), "warm_up_ms": round(warm_ms, 1),
             "strokes": len(timings), "total_ms": [round(t, 1) for t in total], "model_ms": [round(m, 1) for m in model],
             "median_total_ms": round(statistics.median(total), 1), "median_model_ms": round(statistics.median(model), 1),
             "median_overhead_ms": round(statistics.median(t - m for t, m in zip(total, model)), 1)}
@@ -90,12 +104,13 @@ def main(argv=None) -> int:
                                                                                precision=precision)
     results = {"torch_threads": torch.get_num_threads(), "models": {}}
     print(f"torch threads {torch.get_num_threads()}; canvas {SIZE[0]}x{SIZE[1]}; {args.strokes} strokes per model")
-    print(f"{'model':<17} {'params':>11} {'stroke->image (median)':>23} {'model':>9} {'overhead':>9} {'vs 1 s':>7}")
+    print(f"{'model':<17} {'params':>11} {'GFLOP':>6} {'stroke->image (median)':>23} {'model':>9} {'overhead':>9} "
+          f"{'vs 1 s':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, session in sessions.items():
             r = measure(session, args.strokes, chromium, Path(tmp) / name)
             results["models"][name] = r
-            print(f"{name:<17} {r['parameters']:>11,} {r['median_total_ms']:>20.0f} ms {r['median_model_ms']:>6.0f} ms "
+            print(f"{name:<17} {r['parameters']:>11,} {r['forward_gflop']:>6.1f} {r['median_total_ms']:>20.0f} ms {r['median_model_ms']:>6.0f} ms "
                   f"{r['median_overhead_ms']:>6.0f} ms {r['median_total_ms'] / 1000:>6.2f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))

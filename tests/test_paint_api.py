@@ -328,3 +328,15 @@ def test_bf16_autocast_gives_nearly_the_fp32_image(painting_run):
     assert diff.mean() < 1 and diff.max() <= 8, (diff.mean(), diff.max())  # measured: 0.12 and 1 of 255
     with pytest.raises(Exception, match="precision must be fp32 or bf16, got 'fp16'"):
         PaintSession.from_checkpoint(painting_run.run_dir, precision="fp16")
+
+
+def test_command_names_a_port_in_use(painting_run, server):
+    from click.testing import CliRunner
+
+    from gensynth.cli.main import cli
+
+    busy = str(server.server_address[1])
+    res = CliRunner().invoke(cli, ["paint", "-c", str(painting_run.run_dir), "--port", busy])
+    assert res.exit_code == 2
+    assert (f"port {busy} on 127.0.0.1 is in use: choose another with --port, or --port 0 for any free port"
+            in res.output.replace("\n", " "))

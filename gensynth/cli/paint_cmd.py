@@ -1,15 +1,18 @@
 """``gensynth paint``: serve a local page to paint label maps and see generated images as you paint."""
 from __future__ import annotations
 
+import errno
 import itertools
+import socket
 
 import click
+
+from gensynth.errors import ConfigError
 
 
 def _parse_size(value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
-    from gensynth.errors import ConfigError
 
     parts = value.lower().split("x")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
@@ -62,13 +65,21 @@ def command(checkpoint, labels, from_dataset, max_labels, size, host, port, devi
             session.check_ids(grid, key)
             session.initial.append((key, grid))
     warm_ms = session.warm_up()
-    server = PaintServer(session, host=host, port=port, verbose=verbose)
+    try:
+        server = PaintServer(session, host=host, port=port, verbose=verbose)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is in use: choose another with --port, or --port 0 for any "
+                              f"free port") from None
+        if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+            raise ConfigError(f"cannot listen on --host {host!r}: {exc.strerror or exc}") from None
+        raise
     if not is_loopback(host) and host != "localhost":
         console.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this machine can use the "
-                      f"page", highlight=False)
+                      f"page", highlight=False, soft_wrap=True)
     console.print(f"gensynth paint: {session.syn.parts.generator} on {session.syn.spec.name} "
-                  f"({session.size[0]}x{session.size[1]}, first image {warm_ms:.0f} ms) from {session.syn.source}",
-                  highlight=False)
+                  f"({session.size[0]}x{session.size[1]}, {precision}, first image {warm_ms:.0f} ms) "
+                  f"from {session.syn.source}", highlight=False, soft_wrap=True)
     click.echo(f"open {server.url}  (Ctrl-C to stop)", err=False)
     try:
         server.serve_forever()
