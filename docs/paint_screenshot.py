@@ -4,7 +4,7 @@
     python docs/paint_screenshot.py /tmp/oasis-demo
 
 It starts from the run's first validation label map, paints a stroke of road and a rectangle of building with
-real pointer events, waits for the image, and saves the screenshot (palette-quantised to keep it small).
+real pointer events, waits for the image, and saves the screenshot (quantised to 255 colours to keep it small).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def main(run_dir: str, sample: int = 0) -> None:
             server.shutdown()
             server.server_close()
         with Image.open(shot) as im:
-            im.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(OUT, optimize=True)
+            im.convert("RGB").quantize(colors=255, method=Image.Quantize.MEDIANCUT).save(OUT, optimize=True)
     print(f"wrote {OUT} ({OUT.stat().st_size // 1024} KB)")
 
 

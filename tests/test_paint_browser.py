@@ -159,3 +159,24 @@ def test_palette_search_filters_classes(page):
     visible = page.js("return [...document.querySelectorAll('#palette li')]"
                       ".filter(li => !li.classList.contains('hidden')).map(li => li.textContent)")
     assert [v.rstrip("0123456789") for v in visible] == ["road", "rock"]
+
+
+def test_opening_a_label_png_replaces_the_canvas(page, tmp_path):
+    start = np.full((32, 48), 5, np.uint8)  # another size than the blank canvas: the canvas takes it
+    start[:10] = 1
+    start[20:, 30:] = 10
+    path = tmp_path / "start.png"
+    Image.fromarray(start, "L").save(path)
+    n = page.generations()
+    page.element("#upload-labels").send_keys(str(path))
+    page.wait_for_image(n)
+    assert page.grid_size() == (32, 48)
+    np.testing.assert_array_equal(read_png(page.download_labels()), start)
+    assert read_png(page.image_png()).shape == (32, 48, 3)
+    bad = tmp_path / "colour.png"
+    Image.fromarray(np.dstack([start * 20, start, start]).astype(np.uint8), "RGB").save(bad)
+    page.element("#upload-labels").send_keys(str(bad))
+    page.wait_for(lambda: page.probe()["errors"], 20, "the error message")
+    assert "label map 'colour.png' is a colour (RGB) image" in page.element("#status").text
+    page.click("#undo")  # back to the blank 64x64 canvas
+    assert page.grid_size() == (SIZE, SIZE)
