@@ -138,7 +138,7 @@ def test_a_seed_map_changes_the_image_only_near_its_region(server):
     ({"width": SIZE, "height": SIZE, "ids": "***"}, "label ids: not valid base64"),
     ({"width": SIZE, "height": SIZE, "ids": encode_grid(np.zeros((SIZE, SIZE))), "seeds": [1],
       "noise": encode_grid(np.ones((SIZE, SIZE)))},
-     "noise map refers to seed index 1 but only 1 seeds were sent"),
+     "the noise map refers to seed index 1 but only 1 seeds were given"),
     ({"width": 0, "height": SIZE, "ids": ""}, "width: Input should be greater than or equal to 1"),
     ({"width": SIZE, "height": SIZE, "ids": "", "colour": 1}, "colour: Extra inputs are not permitted"),
     ({"width": SIZE, "height": SIZE, "ids": "", "seeds": [-1]}, "seeds must be integers in 0..2**63-1, got [-1]"),

@@ -223,17 +223,14 @@ class PaintSession:
         return buf.getvalue()
 
     # ------------------------------------------------------------------------------------------
-    def noise_for(self, seeds: list[int], noise: np.ndarray | None, height: int, width: int) -> torch.Tensor | None:
-        """The generator's z for a seed map: (1, 1, z_dim) global or (1, 1, z_dim, H, W) spatial, or None."""
-        if not self.takes_noise:
+    def noise_for(self, seeds: list[int], noise: np.ndarray | None) -> torch.Tensor | None:
+        """The generator's z for a seed map (:meth:`Synthesizer.seed_map_noise`) shaped for ``generate``:
+        (1, 1, z_dim) global or (1, 1, z_dim, H, W) spatial; None without noise. Models without spatial noise
+        use ``seeds[0]`` everywhere."""
+        z = self.syn.seed_map_noise(seeds, noise if self.spatial_noise else None)
+        if z is None:
             return None
-        vectors = torch.stack([self.syn.sample_z(1, seed=s)[0] for s in seeds])  # (K, z_dim)
-        if noise is None or not self.spatial_noise or not (noise != 0).any():
-            return vectors[0].view(1, 1, -1)
-        if int(noise.max()) >= len(seeds):
-            raise DataError(f"noise map refers to seed index {int(noise.max())} but only {len(seeds)} seeds were sent")
-        idx = torch.from_numpy(noise)
-        return vectors[idx].permute(2, 0, 1).unsqueeze(0).unsqueeze(0).contiguous()  # (1, 1, z, H, W)
+        return z.view(1, 1, *z.shape)
 
     def style_tensor(self, data: bytes, height: int, width: int) -> torch.Tensor:
         """Style image file bytes -> (1, 3, H, W) in [-1, 1] resized (bilinear) to the canvas size."""
@@ -262,7 +259,7 @@ class PaintSession:
                 image = self._styled(labels, self.style_tensor(decode_style(req.style), req.height, req.width),
                                      req.seeds[0])
             else:
-                z = self.noise_for(req.seeds, noise, req.height, req.width)
+                z = self.noise_for(req.seeds, noise)
                 image = self.syn.generate(labels, z=z, samples=1)[0, 0]
             t1 = time.perf_counter()
         pil = to_pil(image)[0]
