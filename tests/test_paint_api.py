@@ -226,7 +226,8 @@ def test_command_prints_the_url_and_serves(painting_run, tmp_path):
     label.write_bytes(png_bytes(scene().astype(np.uint8)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "gensynth", "paint", "-c", str(painting_run.run_dir),
-                             "--labels", str(label), "--from-dataset", "--max-labels", "2", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--labels", str(label), "--from-dataset", "--max-labels", "2", "--port", "0",
+                             "--blank-class", "sky"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:
         line = proc.stdout.readline()
@@ -237,6 +238,7 @@ def test_command_prints_the_url_and_serves(painting_run, tmp_path):
         conn.request("GET", "/api/info")
         info = json.loads(conn.getresponse().read())
         assert info["samples"] == ["start", "demo_val_000000", "demo_val_000001"]  # --labels, then the run's val
+        assert info["default_class"] == 1  # --blank-class sky
         conn.request("GET", "/api/sample/2")
         got = json.loads(conn.getresponse().read())
         assert (got["name"], got["height"], got["width"]) == ("demo_val_000001", SIZE, SIZE)
@@ -256,6 +258,8 @@ def test_command_rejects_a_bad_size(painting_run):
     res = CliRunner().invoke(cli, ["paint", "-c", str(painting_run.run_dir), "--size", "big"])
     assert res.exit_code == 2 and "--size must be HxW with positive integers (e.g. 256x512), got 'big'" in res.output
     assert "paint" in CliRunner().invoke(cli, ["--help"]).output
+    res = CliRunner().invoke(cli, ["paint", "-c", str(painting_run.run_dir), "--blank-class", "skye"])
+    assert res.exit_code == 2 and "dataset 'demo' has no class named 'skye'. Did you mean 'sky'?" in res.output
 
 
 @pytest.fixture(scope="module")

@@ -180,3 +180,34 @@ def test_opening_a_label_png_replaces_the_canvas(page, tmp_path):
     assert "label map 'colour.png' is a colour (RGB) image" in page.element("#status").text
     page.click("#undo")  # back to the blank 64x64 canvas
     assert page.grid_size() == (SIZE, SIZE)
+
+
+def test_resample_class_then_new_sample_and_undo(page):
+    page.choose_class(6)  # sand: a block in the top-left corner
+    n = page.generations()
+    page.stroke([(2, 2), (14, 14)], tool="rect")
+    page.wait_for_image(n)
+    n = page.generations()
+    page.choose_class(3)  # mountain: a stroke far away, painted after the sand
+    page.stroke([(50, 56), (60, 56)], size=3)
+    page.wait_for_image(n)
+    before = read_png(page.image_png()).astype(int)
+    page.choose_class(6)
+    n = page.generations()
+    page.click("#resample-class")  # new noise for the sand only, although the last stroke was mountain
+    page.wait_for_image(n)
+    after = read_png(page.image_png()).astype(int)
+    diff = np.abs(after - before).max(axis=2)
+    assert diff[2:15, 2:15].mean() > 2
+    assert diff[24:, 24:].max() == 0  # the mountain stroke and everything else far from the sand: unchanged
+    seed = page.element("#seed").get_attribute("value")
+    n = page.generations()
+    page.click("#new-sample")
+    page.wait_for_image(n)
+    assert page.element("#seed").get_attribute("value") != seed
+    fresh = read_png(page.image_png()).astype(int)
+    assert (np.abs(fresh - after).max(axis=2) > 0).mean() > 0.5  # a new global noise changes most pixels
+    n = page.generations()
+    page.click("#undo")  # back to the re-sampled noise and the old seed
+    page.wait_for_image(n)
+    np.testing.assert_array_equal(read_png(page.image_png()).astype(int), after)

@@ -29,6 +29,8 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
 @click.option("--max-labels", default=32, show_default=True, type=click.IntRange(1),
               help="read at most this many label maps from --labels (and from the dataset)")
 @click.option("--size", default=None, help="HxW of a blank canvas (default: the model's training size)")
+@click.option("--blank-class", default=None,
+              help="class (name or id) of a blank canvas and the eraser (default: the don't-care class)")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="address to listen on; anything but a loopback address exposes the page to your network")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(0, 65535), help="0 = any free port")
@@ -36,7 +38,7 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16: run the generator under bf16 autocast (faster on CPUs with AMX and on GPUs)")
 @click.option("--verbose", is_flag=True, help="log every request")
-def command(checkpoint, labels, from_dataset, max_labels, size, host, port, device, precision, verbose):
+def command(checkpoint, labels, from_dataset, max_labels, size, blank_class, host, port, device, precision, verbose):
     """Paint a label map in your browser and see the model's image follow each stroke.
 
     \b
@@ -55,6 +57,8 @@ def command(checkpoint, labels, from_dataset, max_labels, size, host, port, devi
     console = Console(stderr=True)
     session = PaintSession.from_checkpoint(checkpoint, device=resolve_device(device), size=_parse_size(size),
                                            precision=precision)
+    if blank_class is not None:
+        session.set_blank_class(blank_class)
     if labels is not None:
         for stem, ids in itertools.islice(_label_sets(session.syn, labels), max_labels):
             grid = ids[0].numpy()

@@ -115,6 +115,7 @@ class PaintSession:
     initial: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (name, (H, W) model ids)
     config: Any = None  # the run's RunConfig when loaded from a checkpoint
     precision: str = "fp32"  # "fp32", or "bf16": the generator under bf16 autocast (faster on CPUs with AMX)
+    blank_class: int | None = None  # class of a blank canvas (and the eraser's default); None: see default_class
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -157,9 +158,12 @@ class PaintSession:
         return out
 
     def default_class(self) -> int:
-        """The class a blank canvas starts with: the dataset's don't-care class if paintable, else the first."""
+        """The class a blank canvas starts with: ``blank_class`` when set, else the dataset's don't-care class if
+        paintable, else the first paintable class."""
         pal = self.palette()
         ids = [p.id for p in pal]
+        if self.blank_class is not None:
+            return self.blank_class
         dc = self.syn.spec.dontcare
         return dc if dc in ids else ids[0]
 
@@ -178,6 +182,14 @@ class PaintSession:
         }
 
     # ------------------------------------------------------------------------------------------
+    def set_blank_class(self, name_or_id: str | int) -> None:
+        """Start blank canvases with this class (name or model id); DataError when it is not paintable."""
+        cid = self.syn.class_id(name_or_id)
+        if cid not in [p.id for p in self.palette()]:
+            raise DataError(f"class {name_or_id!r} cannot be stored in a label PNG of dataset {self.syn.spec.name!r} "
+                            f"(no raw id maps to it); choose another blank class")
+        self.blank_class = cid
+
     def check_ids(self, ids: np.ndarray, where: str) -> None:
         """DataError when ``ids`` holds a class a label PNG cannot store, or has a size the model cannot take."""
         allowed = np.zeros(self.syn.num_classes, dtype=bool)

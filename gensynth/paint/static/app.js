@@ -332,13 +332,14 @@
     if (S.markTime === null) S.markTime = performance.now();
     if (!$("auto-update").checked) return;
     clearTimeout(S.timer);
-    S.timer = setTimeout(() => requestUpdate(false), DEBOUNCE_MS);
+    probe.busy = true; // an update is due: the image shown is not yet the painted map's
+    S.timer = setTimeout(() => { S.timer = null; requestUpdate(false); }, DEBOUNCE_MS);
   }
 
   function changed() { S.markTime = performance.now(); requestUpdate(false); }
 
   function requestUpdate(force) {
-    if (!force && !$("auto-update").checked) return;
+    if (!force && !$("auto-update").checked) { probe.busy = S.inflight || S.timer !== null; return; }
     if (S.inflight) { S.pending = true; return; }
     sendGenerate();
   }
@@ -370,7 +371,7 @@
       setStatus("error: " + e.message, true);
     } finally {
       S.inflight = false;
-      if (S.pending) { sendGenerate(); } else { probe.busy = false; }
+      if (S.pending) { sendGenerate(); } else { probe.busy = S.timer !== null; }
     }
   }
 
