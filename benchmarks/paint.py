@@ -78,7 +78,8 @@ def measure(session: PaintSession, strokes: int, chromium, downloads: Path) -> d
     return {"source": session.syn.source, "parameters": params, "forward_gflop": round(gflop, 1),
             "precision": session.precision, "size": list(SIZE), "warm_up_ms": round(warm_ms, 1),
             "strokes": len(timings), "total_ms": [round(t, 1) for t in total], "model_ms": [round(m, 1) for m in model],
-            "median_total_ms": round(statistics.median(total), 1), "median_model_ms": round(statistics.median(model), 1),
+            "median_total_ms": round(statistics.median(total), 1),
+            "median_model_ms": round(statistics.median(model), 1),
             "median_overhead_ms": round(statistics.median(t - m for t, m in zip(total, model)), 1)}
 
 
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
         for name, session in sessions.items():
             r = measure(session, args.strokes, chromium, Path(tmp) / name)
             results["models"][name] = r
-            print(f"{name:<17} {r['parameters']:>11,} {r['forward_gflop']:>6.1f} {r['median_total_ms']:>20.0f} ms {r['median_model_ms']:>6.0f} ms "
+            print(f"{name:<17} {r['parameters']:>11,} {r['forward_gflop']:>6.1f} {r['median_total_ms']:>20.0f} ms "
+                  f"{r['median_model_ms']:>6.0f} ms "
                   f"{r['median_overhead_ms']:>6.0f} ms {r['median_total_ms'] / 1000:>6.2f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))

@@ -17,9 +17,10 @@ from gensynth.paint.browser import find_chromium
 
 CHROMIUM = find_chromium()
 REQUIRED = bool(os.environ.get("GENSYNTH_REQUIRE_CHROMIUM"))  # set by .ci/run: CI must run these tests
-pytestmark = pytest.mark.skipif(CHROMIUM is None and not REQUIRED, reason="Chromium or chromedriver not found (Debian: apt-get install "
-                                                          "chromium chromium-driver; or set GENSYNTH_CHROMIUM and "
-                                                          "GENSYNTH_CHROMEDRIVER); .ci/run installs them")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None and not REQUIRED,
+    reason="Chromium or chromedriver not found (Debian: apt-get install chromium chromium-driver; or set "
+           "GENSYNTH_CHROMIUM and GENSYNTH_CHROMEDRIVER); .ci/run installs them")
 SIZE = 64
 
 

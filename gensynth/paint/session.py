@@ -198,8 +198,8 @@ class PaintSession:
         inside = ids[(ids >= 0) & (ids < len(allowed))]
         bad = np.union1d(bad, np.unique(inside[~allowed[inside]]))
         if bad.size:
-            raise DataError(f"label map {where} contains class ids {bad[:10].tolist()} that are not paintable classes of "
-                            f"dataset {self.syn.spec.name!r} (model classes 0..{self.syn.num_classes - 1})")
+            raise DataError(f"label map {where} contains class ids {bad[:10].tolist()} that are not paintable "
+                            f"classes of dataset {self.syn.spec.name!r} (model classes 0..{self.syn.num_classes - 1})")
         check_size(ids, self.syn.size, self.syn.size_multiple, where)
 
     def read_label_png(self, data: bytes, where: str = "(uploaded)") -> np.ndarray:
