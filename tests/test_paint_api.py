@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from gensynth.paint.server import PaintServer
+from conftest import styled_reference
 from gensynth.paint.session import PaintSession, encode_grid
 
 SIZE = 32
@@ -263,24 +264,8 @@ def test_command_rejects_a_bad_size(painting_run):
 
 
 @pytest.fixture(scope="module")
-def spade_vae_server(tmp_path_factory, tiny_cache):
-    """A tiny SPADE with a VAE style encoder, trained 2 steps on 32x32 demo data (~3 s)."""
-    from rich.console import Console
-
-    from gensynth.config import resolve
-    from gensynth.train.trainer import run_training
-
-    run_dir = tmp_path_factory.mktemp("spade-vae") / "run"
-    cfg, provenance = resolve({
-        "model.preset": "spade", "data.name": "demo", "data.size": [SIZE, SIZE], "data.demo_samples": 16,
-        "data.num_workers": 0, "data.cache_dir": str(tiny_cache), "model.losses.kl": 0.05,
-        "model.generator_options": {"ngf": 4, "use_vae": True, "size": [SIZE, SIZE], "encoder_size": 16, "z_dim": 8},
-        "model.discriminator_options.ndf": 8, "model.discriminator": "patchgan-single",
-        "trainer.steps": 2, "trainer.batch_size": 4, "trainer.log_every": 1, "trainer.sample_every": 2,
-        "trainer.checkpoint_every": 2, "trainer.bn_refresh_batches": 1, "trainer.run_dir": str(run_dir)})
-    with open(os.devnull, "w") as devnull:
-        run_training(cfg, provenance, console=Console(file=devnull))
-    srv = PaintServer(PaintSession.from_checkpoint(run_dir), port=0)
+def spade_vae_server(spade_vae_run):
+    srv = PaintServer(PaintSession.from_checkpoint(spade_vae_run.run_dir), port=0)
     srv.start_background()
     yield srv
     srv.shutdown()
@@ -294,20 +279,31 @@ def test_style_image_drives_a_spade_vae_generator(spade_vae_server):
     assert info["noise"] == "vector"
     ids = encode_grid(scene())
 
-    def styled(rgb, seed=0):
+    def style_png(rgb) -> bytes:
         style = np.zeros((40, 24, 3), np.uint8)  # any size: resized to the canvas
         style[...] = rgb
         style[::2] = 255 - np.asarray(rgb, np.uint8)
-        body = {"width": SIZE, "height": SIZE, "ids": ids, "seeds": [seed],
-                "style": "data:image/png;base64," + base64.b64encode(png_bytes(style)).decode()}
-        status, _, png = call(srv, "POST", "/api/generate", body)
-        assert status == 200, png[:300]
-        return png_array(png).astype(int)
+        return png_bytes(style)
 
-    red, blue = styled((220, 30, 30)), styled((20, 40, 230))
-    np.testing.assert_array_equal(styled((220, 30, 30)), red)  # the seed fixes the draw from q(z | style)
-    assert np.abs(red - blue).max() > 0
+    def styled(png: bytes, seed=0):
+        body = {"width": SIZE, "height": SIZE, "ids": ids, "seeds": [seed],
+                "style": "data:image/png;base64," + base64.b64encode(png).decode()}
+        status, _, out = call(srv, "POST", "/api/generate", body)
+        assert status == 200, out[:300]
+        return png_array(out)
+
     syn = srv.session.syn
+    red, blue = style_png((220, 30, 30)), style_png((20, 40, 230))
+    red_float, red_expected = styled_reference(syn, scene(), red, 0)
+    np.testing.assert_array_equal(styled(red), red_expected)
+    np.testing.assert_array_equal(styled(red), red_expected)  # the seed fixes the draw from q(z | style)
+    np.testing.assert_array_equal(styled(blue, seed=3), styled_reference(syn, scene(), blue, 3)[1])
+    # the style reaches the generator: another style image gives another image (this tiny model's images differ by
+    # less than one 8-bit step, so the difference is checked on the generator's float output)
+    blue_float = styled_reference(syn, scene(), blue, 0)[0]
+    plain_float = syn.generate(torch.from_numpy(scene()), samples=1, seed=0)[0]
+    # (measured: 5e-4 and 4e-4; without the style both differences would be exactly 0)
+    assert (red_float - blue_float).abs().max() > 5e-5 and (red_float - plain_float).abs().max() > 5e-5
     assert error_of(call(srv, "POST", "/api/generate", {"width": SIZE, "height": SIZE, "ids": ids,
                                                         "style": "bm90IGFuIGltYWdl"})).startswith(
         "cannot read the style image: cannot identify image file")

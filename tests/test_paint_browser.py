@@ -11,8 +11,10 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from conftest import styled_reference
 from gensynth.paint.browser import find_chromium
 
 CHROMIUM = find_chromium()
@@ -212,3 +214,48 @@ def test_resample_class_then_new_sample_and_undo(page):
     page.click("#undo")  # back to the re-sampled noise and the old seed
     page.wait_for_image(n)
     np.testing.assert_array_equal(read_png(page.image_png()).astype(int), after)
+
+
+def test_style_image_input_of_a_spade_vae_model(spade_vae_run, tmp_path):
+    from gensynth.paint.browser import PaintPage
+    from gensynth.paint.server import PaintServer
+    from gensynth.paint.session import PaintSession, decode_style
+
+    if CHROMIUM is None:
+        pytest.fail("GENSYNTH_REQUIRE_CHROMIUM is set but Chromium or chromedriver was not found")
+    session = PaintSession.from_checkpoint(spade_vae_run.run_dir)
+    requests = []  # what the page sent: the model's images barely depend on the style, the requests must
+    generate = session.generate
+    session.generate = lambda req: (requests.append(req), generate(req))[1]
+    srv = PaintServer(session, port=0)
+    srv.start_background()
+    page = PaintPage.open(srv.url, CHROMIUM, tmp_path / "downloads")
+    try:
+        assert page.element("#style-tools").is_displayed()
+        assert not page.element("#spatial-tools").is_displayed()  # no spatial noise: no local re-sampling
+        plain = read_png(page.image_png())
+        syn = srv.session.syn
+        ids = np.zeros((32, 32), np.int64)  # the blank canvas: don't-care class 0
+        np.testing.assert_array_equal(plain, np.asarray(syn.to_pil(syn.generate(torch.from_numpy(ids), seed=0))[0]))
+        style = np.zeros((24, 24, 3), np.uint8)
+        style[..., 0] = 230
+        style[::3, :, 2] = 255
+        path = tmp_path / "style.png"
+        Image.fromarray(style).save(path)
+        n = page.generations()
+        page.element("#style-image").send_keys(str(path))
+        page.wait_for_image(n)
+        # the page sent the file, and the image is the styled reference
+        assert requests[-1].style is not None and decode_style(requests[-1].style) == path.read_bytes()
+        assert requests[-1].style.startswith("data:image/png;base64,")
+        np.testing.assert_array_equal(read_png(page.image_png()), styled_reference(syn, ids, path.read_bytes(), 0)[1])
+        assert page.element("#style-preview").is_displayed()
+        n = page.generations()
+        page.click("#clear-style")
+        page.wait_for_image(n)
+        np.testing.assert_array_equal(read_png(page.image_png()), plain)  # seed 0 without style again
+        assert requests[-1].style is None
+    finally:
+        page.close()
+        srv.shutdown()
+        srv.server_close()
