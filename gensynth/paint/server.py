@@ -96,6 +96,8 @@ class PaintHandler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         for k, v in (headers or {}).items():
             self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -104,6 +106,7 @@ class PaintHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), "application/json")
 
     def _error(self, status: HTTPStatus, message: str) -> None:
+        self.close_connection = True  # a request body may be left unread: do not parse it as the next request
         self._json({"error": message}, status)
 
     def _check_host(self) -> None:
