@@ -17,7 +17,8 @@ from PIL import Image
 
 from gensynth.paint.server import PaintServer
 from conftest import styled_reference
-from gensynth.paint.session import PaintSession, encode_grid
+from gensynth.paint.protocol import GenerateRequest, encode_grid
+from gensynth.paint.session import PaintSession
 
 SIZE = 32
 
@@ -318,8 +319,6 @@ def test_bf16_autocast_gives_nearly_the_fp32_image(painting_run):
     images = {}
     for precision in ("fp32", "bf16"):
         session = PaintSession.from_checkpoint(painting_run.run_dir, precision=precision)
-        from gensynth.paint.session import GenerateRequest
-
         image, timing = session.generate(GenerateRequest(width=SIZE, height=SIZE, ids=encode_grid(ids.numpy()),
                                                          seeds=[2]))
         assert timing.model_ms > 0 and session.info()["precision"] == precision

@@ -219,7 +219,8 @@ def test_resample_class_then_new_sample_and_undo(page):
 def test_style_image_input_of_a_spade_vae_model(spade_vae_run, tmp_path):
     from gensynth.paint.browser import PaintPage
     from gensynth.paint.server import PaintServer
-    from gensynth.paint.session import PaintSession, decode_style
+    from gensynth.paint.protocol import decode_style
+    from gensynth.paint.session import PaintSession
 
     if CHROMIUM is None:
         pytest.fail("GENSYNTH_REQUIRE_CHROMIUM is set but Chromium or chromedriver was not found")

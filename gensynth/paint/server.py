@@ -30,7 +30,8 @@ from importlib import resources
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gensynth.errors import GensynthError
-from gensynth.paint.session import MAX_SIDE, GenerateRequest, PaintSession, decode_grid, encode_grid
+from gensynth.paint.protocol import MAX_SIDE, GenerateRequest, decode_grid, encode_grid
+from gensynth.paint.session import PaintSession
 
 MAX_BODY = 64 * 1024 * 1024  # bytes; a 2048x2048 uint16 map in base64 plus a style image fits
 STATIC_FILES = {"index.html", "app.js", "style.css"}

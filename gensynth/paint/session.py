@@ -3,21 +3,16 @@
 A :class:`PaintSession` holds a :class:`gensynth.generate.api.Synthesizer` (EMA generator, eval mode) for the
 whole life of the server and serialises calls to it (one request at a time, nothing batched).
 
-What the page sends for one update (:class:`GenerateRequest`):
-
-* ``ids``: (H, W) model class ids, as uint16 little-endian bytes (base64 in JSON);
-* the noise as a *seed map*: ``seeds`` (K,) ints and ``noise`` (H, W) indices into ``seeds``. Every pixel gets
-  the noise vector drawn from its seed (:meth:`Synthesizer.sample_z` of that seed), so re-sampling a region is
-  "give these pixels a new seed" and the page can undo it. With one seed and a zero map this is the global
-  noise of ``gensynth generate --seed`` (same images). Models without spatial noise use ``seeds[0]`` only.
-* ``style``: an optional style image (PNG/JPEG bytes) for generators with a style encoder (SPADE with use_vae).
+What the page sends for one update is a :class:`gensynth.paint.protocol.GenerateRequest`: the label map, the
+noise as a *seed map* (turned into noise by :meth:`Synthesizer.seed_map_noise`: re-sampling a region is "give
+these pixels a new seed", which the page can undo; one seed everywhere is the global noise of ``gensynth generate
+--seed``), and optionally a style image for generators with a style encoder (SPADE with use_vae).
 
 Label maps leave and enter as id PNGs of the dataset's *raw* ids, exactly what ``gensynth generate --labels``
 reads (:func:`gensynth.generate.labels.read_id_png`).
 """
 from __future__ import annotations
 
-import base64
 import io
 import threading
 import time
@@ -28,65 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gensynth.errors import ConfigError, DataError, IncompatibleError
 from gensynth.generate.api import Synthesizer
 from gensynth.generate.labels import check_size, raw_to_model_ids, read_id_png
 from gensynth.generate.sheet import to_pil
 from gensynth.interfaces import Condition, NoiseKind
-
-MAX_SIDE = 2048  # largest canvas side the server accepts
-MAX_SEEDS = 4096  # largest number of distinct noise seeds in one request
-
-
-class GenerateRequest(BaseModel):
-    """One image request from the page (JSON body of ``POST /api/generate``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    width: int = Field(ge=1, le=MAX_SIDE)
-    height: int = Field(ge=1, le=MAX_SIDE)
-    ids: str = Field(description="base64 of (H, W) uint16 little-endian model class ids")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS)
-    noise: str | None = Field(None, description="base64 of (H, W) uint16 indices into seeds; None = all 0")
-    style: str | None = Field(None, description="base64 of a style image file (PNG/JPEG) or a data: URL")
-
-    @field_validator("seeds")
-    @classmethod
-    def _seed_range(cls, v: list[int]) -> list[int]:
-        bad = [s for s in v if not 0 <= s < 2 ** 63]
-        if bad:
-            raise ValueError(f"seeds must be integers in 0..2**63-1, got {bad[:3]}")
-        return v
-
-
-def decode_grid(text: str, height: int, width: int, what: str) -> np.ndarray:
-    """base64 of uint16 little-endian values -> (H, W) int64; DataError naming ``what`` for a wrong length."""
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except ValueError as exc:
-        raise DataError(f"{what}: not valid base64 ({exc})") from exc
-    if len(raw) != 2 * height * width:
-        raise DataError(f"{what}: expected {height}x{width} uint16 values ({2 * height * width} bytes), "
-                        f"got {len(raw)} bytes")
-    return np.frombuffer(raw, dtype="<u2").reshape(height, width).astype(np.int64)
-
-
-def encode_grid(ids: np.ndarray) -> str:
-    """(H, W) ints in 0..65535 -> base64 of uint16 little-endian (what the page sends and reads)."""
-    return base64.b64encode(np.ascontiguousarray(ids, dtype="<u2").tobytes()).decode("ascii")
-
-
-def decode_style(text: str) -> bytes:
-    """A style image as base64 or a ``data:image/...;base64,`` URL -> file bytes."""
-    if text.startswith("data:"):
-        text = text.split(",", 1)[-1]
-    try:
-        return base64.b64decode(text, validate=True)
-    except ValueError as exc:
-        raise DataError(f"style image: not valid base64 ({exc})") from exc
-
+from gensynth.paint.protocol import MAX_SIDE, GenerateRequest, decode_grid, decode_style, encode_grid
 
 @dataclass
 class PaletteEntry:
