@@ -13,7 +13,7 @@ from gensynth.cli.main import cli
 def test_help_lists_command_groups():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for group in ("train", "generate", "evaluate", "segment", "datasets", "models", "plugins", "compare"):
+    for group in ("train", "generate", "paint", "evaluate", "segment", "datasets", "models", "plugins", "compare"):
         assert re.search(rf"^\s+{group}\s", result.output, re.M), f"{group} missing from gensynth --help"
 
 

@@ -197,3 +197,20 @@ def test_generate_cli_reads_label_maps_from_shards(tiny_run, tmp_path):
     assert len(made) == card["num_samples"]
     assert Image.open(made[0]).size == (32, 32)
     assert f"for {card['num_samples']} label maps" in " ".join(r.output.split())
+
+
+def test_seed_map_noise_composes_per_pixel_seeds(tiny_run):
+    syn = Synthesizer.from_checkpoint(tiny_run.run_dir)
+    a, b = syn.sample_z(1, seed=7)[0], syn.sample_z(1, seed=9)[0]
+    torch.testing.assert_close(syn.seed_map_noise([7]), a)
+    index = torch.zeros(6, 8, dtype=torch.long)
+    torch.testing.assert_close(syn.seed_map_noise([7, 9], index), a)  # only seed 0 used: global noise
+    torch.testing.assert_close(syn.seed_map_noise([7, 9], index + 1), b)
+    index[2:4, 5:] = 1
+    z = syn.seed_map_noise([7, 9], index)
+    assert z.shape == (syn.z_dim, 6, 8)
+    torch.testing.assert_close(z[:, 0, 0], a)
+    torch.testing.assert_close(z[:, 3, 6], b)
+    assert torch.equal(z[:, index == 1], b[:, None].expand(-1, 6))
+    with pytest.raises(DataError, match="the noise map refers to seed index 2 but only 2 seeds were given"):
+        syn.seed_map_noise([7, 9], index * 2)

@@ -17,7 +17,8 @@ from gensynth import __version__  # noqa: E402
 from gensynth.errors import GensynthError  # noqa: E402
 
 # command modules of the core, each defining ``command`` (a click command or group)
-CORE_COMMANDS = ["train", "generate", "evaluate", "segment", "segmenter", "datasets", "models", "plugins", "compare"]
+CORE_COMMANDS = ["train", "generate", "paint", "evaluate", "segment", "segmenter", "datasets", "models", "plugins",
+                 "compare"]
 
 
 # the file system's refusals (disk full, read-only, quota, permissions): one line naming the path, not a traceback

@@ -15,10 +15,10 @@ not read as label maps).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import BinaryIO, Mapping
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from gensynth.errors import DataError
 
@@ -48,12 +48,14 @@ def colours_to_ids(rgb: np.ndarray, colours: Mapping[tuple[int, int, int], int])
     return values[np.searchsorted(keys, codes)]
 
 
-def read_label_png(path: str | Path, colours: Mapping[tuple[int, int, int], int] | None = None,
-                   dataset: str = "this dataset") -> np.ndarray:
-    """(H, W) int64 raw ids of one label file (rules in the module docstring); DataError naming the file."""
-    p = Path(path)
+def read_label_png(path: str | Path | BinaryIO, colours: Mapping[tuple[int, int, int], int] | None = None,
+                   dataset: str = "this dataset", where: str | None = None) -> np.ndarray:
+    """(H, W) int64 raw ids of one label file (rules in the module docstring); DataError naming the file.
+
+    path: a file path or an open binary file (uploaded bytes); ``where`` names it in errors (default: the path)."""
+    p = where if where is not None else Path(path) if isinstance(path, (str, Path)) else "label map"
     try:
-        with Image.open(p) as img:
+        with Image.open(Path(path) if isinstance(path, str) else path) as img:
             img.load()
             mode = img.mode
             if mode in ID_MODES:
@@ -64,6 +66,8 @@ def read_label_png(path: str | Path, colours: Mapping[tuple[int, int, int], int]
             rgb = np.asarray(img.convert("RGB"))
     except DataError:
         raise
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read label map {p}: not an image file (expected a PNG)") from None
     except Exception as exc:
         raise DataError(f"cannot read label map {p}: {type(exc).__name__}: {exc}") from None
     if colours:

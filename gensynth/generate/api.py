@@ -249,6 +249,32 @@ class Synthesizer:
         imgs = self._run(ids.repeat_interleave(samples, 0), flat).view(b, samples, 3, h, w)
         return RegionEdit(base=base_img, samples=imgs, mask=mask)
 
+    def seed_map_noise(self, seeds: list[int], index: Tensor | np.ndarray | None = None) -> Tensor | None:
+        """Noise from a *seed map*: pixel (y, x) gets the vector of ``seeds[index[y, x]]`` (each drawn as
+        :meth:`sample_z` draws it from that seed). index: (H, W) ints into ``seeds``, or None for ``seeds[0]``
+        everywhere.
+
+        Returns (z_dim,) when one vector covers every pixel (global noise: the same images as ``generate(...,
+        seed=seeds[0])``), else spatial (z_dim, H, W), which needs 3D noise (OASIS); None without noise. Editing
+        a region = pointing its pixels at a new seed (what ``gensynth paint`` does; cf. :meth:`resample_region`).
+        """
+        if self.z_dim == 0 or self.generator.noise == NoiseKind.NONE:
+            return None
+        if not seeds:
+            raise ValueError("seed_map_noise needs at least one seed")
+        idx = None if index is None else torch.as_tensor(index).long()
+        used = [0] if idx is None or idx.numel() == 0 else torch.unique(idx).tolist()
+        bad = [k for k in used if not 0 <= k < len(seeds)]
+        if bad:
+            raise DataError(f"the noise map refers to seed index {bad[-1]} but only {len(seeds)} seeds were given")
+        if len(used) == 1:
+            return self.sample_z(1, seed=seeds[used[0]])[0]
+        self._require_spatial("a noise map with several seeds")
+        vectors = torch.zeros(len(seeds), self.z_dim)
+        for k in used:
+            vectors[k] = self.sample_z(1, seed=seeds[k])[0]
+        return vectors[idx].permute(2, 0, 1).contiguous()  # (z_dim, H, W)
+
     @torch.no_grad()
     def interpolate(self, labels: LabelsLike, steps: int, z0: Tensor | None = None, z1: Tensor | None = None,
                     seed: int | None = None) -> Tensor:

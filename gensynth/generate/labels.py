@@ -9,6 +9,7 @@ offending values and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -25,13 +26,19 @@ def list_label_files(path: str | Path, spec: DatasetSpec | None = None) -> list[
     return find_label_files(path, getattr(spec, "label_file_pattern", "*.png") if spec is not None else "*.png")
 
 
-def read_id_png(path: str | Path, spec: DatasetSpec | None = None) -> np.ndarray:
-    """(H, W) int64 raw ids of one label file, read as the dataset reads it (colour masks in its class colours)."""
-    if spec is not None:
-        return spec.read_label_file(str(path))
+def read_id_png(path: str | Path | BinaryIO, spec: DatasetSpec | None = None, where: str | None = None) -> np.ndarray:
+    """(H, W) int64 raw ids of one label file, read as the dataset reads it (an id PNG, or a colour mask in its class
+    colours; :mod:`gensynth.data.label_files`).
+
+    path: a file path or an open binary file (e.g. uploaded bytes in a BytesIO); ``where`` names it in errors
+    (default: the path)."""
     from gensynth.data.label_files import read_label_png
 
-    return read_label_png(path)
+    if spec is not None and isinstance(path, (str, Path)) and where is None:
+        return spec.read_label_file(str(path))
+    colours = spec.label_colours() if spec is not None else None
+    dataset = f"dataset {spec.name!r}" if spec is not None else "this dataset"
+    return read_label_png(path, colours, dataset=dataset, where=where)
 
 
 def raw_to_model_ids(raw: np.ndarray, spec: DatasetSpec, where: str) -> np.ndarray:
