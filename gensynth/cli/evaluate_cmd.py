@@ -1,4 +1,4 @@
-"""``gensynth evaluate``: FID, precision/recall, mIoU, diversity, colour/texture of a trained run."""
+"""``gensynth evaluate``: FID, KID, precision/recall, mIoU, MS-SSIM, LPIPS, colour/texture of a trained run."""
 from __future__ import annotations
 
 import json
@@ -32,8 +32,10 @@ def print_report(report, console) -> None:
 @click.option("--data", default=None, help="dataset name (default: the run's)")
 @click.option("--data-root", default=None, help="shards or raw layout of the dataset (default: the run's)")
 @click.option("--split", default=None, help="split to evaluate (default: data.val_split)")
-@click.option("--metrics", "-m", default="fid", show_default=True,
-              help="comma list of: fid, prec-recall, miou, diversity, color-texture")
+@click.option("--metrics", "-m", default=None,
+              help="comma list of: fid, kid, prec-recall, miou, ms-ssim (alias diversity), lpips, color-texture "
+                   "[default: the run's eval.metrics, else fid,color-texture, skipping those whose weights file "
+                   "or package is missing]")
 @click.option("--out", "-o", default=None, type=click.Path(dir_okay=False), help="JSON report path")
 @click.option("--no-ema", is_flag=True, help="evaluate the raw generator instead of the EMA one")
 @click.option("--num-samples", default=None, type=click.IntRange(1), help="only the first N label maps")
@@ -51,9 +53,10 @@ def command(checkpoint, data, data_root, split, metrics, out, no_ema, num_sample
     from gensynth.api import load_model, resolve_device
     from gensynth.config import parse_set
     from gensynth.errors import ConfigError
-    from gensynth.eval.evaluate import evaluate, parse_metrics
+    from gensynth.eval.evaluate import EvalTools, evaluate, parse_metrics
+    from gensynth.eval.requirements import plan_evaluation
 
-    names = parse_metrics(metrics)
+    names = parse_metrics(metrics) if metrics is not None else None
     dev = resolve_device(device)
     m = load_model(checkpoint, ema=not no_ema, device=dev)
     if data is not None and data != m.config.data.name:
@@ -68,8 +71,14 @@ def command(checkpoint, data, data_root, split, metrics, out, no_ema, num_sample
         overrides["eval.num_samples"] = num_samples
     cfg = m.checkpoint.config_with(overrides)
     console = Console(stderr=True)
-    report = evaluate(m.generator, m.parts, cfg, device=dev, metrics=names, checkpoint=checkpoint,
-                      batch_size=batch_size)
+    plan = plan_evaluation(cfg, m.parts, metrics=names, checkpoint=checkpoint, device=dev,
+                           warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}", highlight=False))
+    if not plan.metrics:
+        raise ConfigError("no metric can run: " + "; ".join(f"{k}: {v}" for k, v in plan.skipped.items()))
+    report = evaluate(m.generator, m.parts, cfg, device=dev, metrics=plan.metrics, checkpoint=checkpoint,
+                      batch_size=batch_size, tools=EvalTools(segmenter=plan.segmenter))
+    if plan.skipped:
+        report.protocol["skipped"] = dict(plan.skipped)
     report.protocol["checkpoint"] = str(m.checkpoint.path) if m.checkpoint else str(checkpoint)
     report.protocol["ema"] = not no_ema
     print_report(report, table_console())
