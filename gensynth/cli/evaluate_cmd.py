@@ -53,7 +53,7 @@ def command(checkpoint, data, data_root, split, metrics, out, no_ema, num_sample
     from gensynth.api import load_model, resolve_device
     from gensynth.config import parse_set
     from gensynth.errors import ConfigError
-    from gensynth.eval.evaluate import EvalTools, evaluate, parse_metrics
+    from gensynth.eval.evaluate import evaluate, parse_metrics
     from gensynth.eval.requirements import plan_evaluation
 
     names = parse_metrics(metrics) if metrics is not None else None
@@ -76,7 +76,7 @@ def command(checkpoint, data, data_root, split, metrics, out, no_ema, num_sample
     if not plan.metrics:
         raise ConfigError("no metric can run: " + "; ".join(f"{k}: {v}" for k, v in plan.skipped.items()))
     report = evaluate(m.generator, m.parts, cfg, device=dev, metrics=plan.metrics, checkpoint=checkpoint,
-                      batch_size=batch_size, tools=EvalTools(segmenter=plan.segmenter))
+                      batch_size=batch_size, tools=plan.tools())
     if plan.skipped:
         report.protocol["skipped"] = dict(plan.skipped)
     report.protocol["checkpoint"] = str(m.checkpoint.path) if m.checkpoint else str(checkpoint)

@@ -62,6 +62,7 @@ class EvalTools:
 
     feature_net: nn.Module | None = None  # (B, 3, H, W) in [-1, 1] -> (B, D)
     segmenter: nn.Module | None = None
+    segmenter_name: str | None = None  # what to report for a given segmenter (default: its class name)
     lpips: nn.Module | None = None
     stats_cache: StatsCache | None = None
 
@@ -174,6 +175,8 @@ def _build_segmenter(tools: EvalTools, cfg, n: int, checkpoint, device, protocol
         segmenter = build_segmenter(name, num_classes=n, checkpoint=checkpoint, device=device,
                                     **cfg.eval.segmenter_options)
         protocol["miou"] = {"segmenter": name, "segmenter_options": dict(cfg.eval.segmenter_options)}
+    elif tools.segmenter_name:
+        protocol["miou"] = {"segmenter": tools.segmenter_name, "segmenter_options": dict(cfg.eval.segmenter_options)}
     else:
         protocol["miou"] = {"segmenter": type(segmenter).__name__}
     return segmenter.to(device).eval()

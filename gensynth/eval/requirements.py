@@ -34,6 +34,13 @@ class EvalPlan:
     metrics: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
     segmenter: object | None = None
+    segmenter_name: str | None = None
+
+    def tools(self):
+        """EvalTools carrying the segmenter built here (the rest is built by the evaluation)."""
+        from gensynth.eval.evaluate import EvalTools
+
+        return EvalTools(segmenter=self.segmenter, segmenter_name=self.segmenter_name)
 
     def outputs(self) -> list[str]:
         return [k for m in self.metrics for k in OUTPUTS[m]]
@@ -99,7 +106,8 @@ def plan_evaluation(cfg, parts, *, metrics=None, discriminator=None, checkpoint=
         raise ConfigError(f"evaluation cannot run the requested metric{'s' if len(problems) > 1 else ''} "
                           f"({', '.join(problems)}):\n{lines}\nFix that, drop the metric from eval.metrics, or set "
                           f"eval.on_missing=skip to evaluate without it.")
-    plan = EvalPlan([m for m in names if m not in problems], dict(problems), segmenter)
+    plan = EvalPlan([m for m in names if m not in problems], dict(problems), segmenter,
+                    (cfg.eval.segmenter or "oasis-discriminator") if segmenter is not None else None)
     if warn is not None:
         for m, why in problems.items():
             warn(f"evaluation skips {m}: {why}")

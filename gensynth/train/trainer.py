@@ -581,7 +581,7 @@ class Trainer:
     def _evaluate(self) -> None:
         """The periodic evaluation: a metric that fails is logged (metrics.jsonl "kind": "eval_error") and dropped
         from later evaluations; any other failure is logged too, and training continues."""
-        from gensynth.eval.evaluate import EvalTools, evaluate
+        from gensynth.eval.evaluate import evaluate
 
         plan = self._eval_plan
         if plan is None or not plan.metrics:
@@ -595,7 +595,7 @@ class Trainer:
             with isolated_rng(self.device):
                 report = evaluate(gen, self.parts, self.cfg, device=self.device, rank=self.dist.rank,
                                   world_size=self.dist.world_size, metrics=plan.metrics,
-                                  tools=EvalTools(segmenter=plan.segmenter), on_error="record")
+                                  tools=plan.tools(), on_error="record")
             results, errors = report.metrics, report.errors
         except Exception as exc:  # the generator, the data or a collective failed: no metric this time
             errors = {"evaluation": f"{type(exc).__name__}: {exc}"}
