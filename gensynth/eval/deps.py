@@ -13,6 +13,7 @@ PACKAGES = {
     "pytorch_fid": "pytorch-fid",
     "torch_fidelity": "torch-fidelity",
     "torchmetrics": "torchmetrics",
+    "pytorch_msssim": "pytorch-msssim",
     "lpips": "lpips",
     "skimage": "scikit-image",
 }

@@ -1,11 +1,14 @@
 """Diversity of multi-modal samples, as the OASIS paper reports it: for each label map several samples, and the
 mean over all pairs of
 
-* MS-SSIM (lower = more diverse), torchmetrics' ``multiscale_structural_similarity_index_measure``: images mapped
-  to [0, 1] (data range 1), 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, scale weights
-  (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), negative terms clamped to 0 ("relu"). Small images cannot host 5 scales
-  of an 11-pixel window: the number of scales is reduced so that the coarsest scale is at least 11 pixels and the
-  weights of the scales used are renormalised to sum to 1 (recorded as ``ms_ssim_scales``). Needs no weights.
+* MS-SSIM (lower = more diverse): images mapped to [0, 1] (data range 1), 11x11 Gaussian window (sigma 1.5),
+  K1 = 0.01, K2 = 0.03, scale weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), negative terms clamped to 0.
+  Needs no weights. Images whose short side exceeds 160 px (the paper's sizes) use pytorch-msssim's ``ms_ssim``
+  (window-valid statistics, as TensorFlow and the former gensynth code; separable filters: the fastest measured).
+  pytorch-msssim refuses smaller images; for those the number of scales is reduced so that the coarsest scale is
+  at least 11 pixels, the weights of the scales used are renormalised to sum to 1 (``ms_ssim_scales``), and
+  torchmetrics' ``multiscale_structural_similarity_index_measure`` computes it (it averages the coarsest scale's
+  SSIM over a reflect-padded map, so small-image values differ from window-valid ones by up to ~0.05).
 * LPIPS v0.1 (higher = more diverse), the ``lpips`` package: its linear layers ship inside the package; the
   torchvision backbone (AlexNet or VGG16) is read from a local file (see :func:`load_lpips`), never downloaded.
 """
@@ -45,14 +48,27 @@ def ms_ssim_betas(scales: int) -> tuple[float, ...]:
     return tuple(v / sum(w) for v in w)
 
 
+#: pytorch-msssim needs the short side to exceed (window - 1) * 2^4 (five scales)
+PYTORCH_MSSSIM_MIN_SIDE = (WINDOW - 1) * 2 ** 4 + 1
+
+
+def ms_ssim_library(height: int, width: int) -> str:
+    """Which library computes MS-SSIM at this size (see the module text)."""
+    return "pytorch-msssim" if min(height, width) >= PYTORCH_MSSSIM_MIN_SIDE else "torchmetrics"
+
+
 def ms_ssim(x: Tensor, y: Tensor, scales: int | None = None) -> Tensor:
-    """x, y: (B, 3, H, W) in [-1, 1] -> (B,) MS-SSIM in [0, 1] (1 for identical images), by torchmetrics."""
+    """x, y: (B, 3, H, W) in [-1, 1] -> (B,) MS-SSIM in [0, 1] (1 for identical images)."""
     if x.shape != y.shape:
         raise ValueError(f"MS-SSIM inputs differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
-    image = optional_import("torchmetrics.functional.image", "ms-ssim")
     m = scales or ms_ssim_scales(x.shape[-2], x.shape[-1])
     a = ((x.double() + 1) / 2).clamp(0, 1)
     b = ((y.double() + 1) / 2).clamp(0, 1)
+    if m == 5 and ms_ssim_library(*x.shape[-2:]) == "pytorch-msssim":
+        msssim = optional_import("pytorch_msssim", "ms-ssim")
+        return msssim.ms_ssim(a, b, data_range=1.0, size_average=False, win_size=WINDOW, win_sigma=SIGMA,
+                              weights=list(MS_SSIM_WEIGHTS), K=(K1, K2)).float()
+    image = optional_import("torchmetrics.functional.image", "ms-ssim")
     out = image.multiscale_structural_similarity_index_measure(
         a, b, gaussian_kernel=True, sigma=SIGMA, kernel_size=WINDOW, data_range=1.0, k1=K1, k2=K2,
         betas=ms_ssim_betas(m), normalize="relu", reduction="none")

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from gensynth.errors import ConfigError, suggest
 from gensynth.eval.colour_texture import ClassHistograms, compare
-from gensynth.eval.diversity import load_lpips, mean_pairwise, ms_ssim, ms_ssim_betas, ms_ssim_scales
+from gensynth.eval.diversity import (load_lpips, mean_pairwise, ms_ssim, ms_ssim_betas, ms_ssim_library,
+                                     ms_ssim_scales)
 from gensynth.eval.fid import FeatureStats, StatsCache, StatsKey, fid_feature_network, frechet_distance, network_hash
 from gensynth.eval.kid import KID_SUBSET_SIZE, KID_SUBSETS, kernel_inception_distance, kid_subset_size
 from gensynth.eval.miou import ConfusionMatrix, apply_mapping, eval_id_mapping
@@ -243,7 +244,7 @@ def evaluate(generator, parts, cfg, *, device, rank: int = 0, world_size: int = 
         protocol["diversity"] = {"samples_per_label_map": k_div, "pairs": "all pairs of one label map's samples"}
     if "ms-ssim" in guard.active:
         scales = ms_ssim_scales(*size)
-        protocol["diversity"].update({"ms_ssim": "torchmetrics multiscale_structural_similarity_index_measure",
+        protocol["diversity"].update({"ms_ssim": ms_ssim_library(*size),
                                       "ms_ssim_scales": scales, "ms_ssim_weights": list(ms_ssim_betas(scales))})
     lpips_net = guard.run(("lpips",), lambda: (tools.lpips or load_lpips(cfg.eval.lpips_net, cfg.eval.lpips_weights,
                                                                           device)).to(device).eval())

@@ -20,7 +20,7 @@ PACKAGES_NEEDED = {
     "fid": ("pytorch_fid", "torch_fidelity"),
     "kid": ("pytorch_fid", "torch_fidelity"),
     "prec-recall": ("pytorch_fid", "torch_fidelity"),
-    "ms-ssim": ("torchmetrics",),
+    "ms-ssim": ("torchmetrics", "pytorch_msssim"),
     "lpips": ("lpips",),
     "color-texture": ("skimage",),
     "miou": (),
