@@ -53,7 +53,7 @@ def test_parse_metrics():
 
 def test_evaluate_all_metrics_on_tiny_run(loaded, tmp_path):
     from gensynth.data.loader import eval_batches
-    from gensynth.eval.fid import FeatureStats, frechet_distance
+    from gensynth.eval.fid import FeatureStats
 
     cfg = _cfg(loaded, tmp_path, diversity_samples=3)
     from gensynth.eval.diversity import LPIPSDistance, lpips_model
