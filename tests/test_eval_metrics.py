@@ -2,6 +2,8 @@
 hand-written implementations (tests/eval_reference) on the same inputs and weights."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -415,3 +417,33 @@ def test_eval_id_mapping_ignores_dontcare_and_maps_eval_ids():
     cm.update(apply_mapping(torch.tensor([[[1, 1, 0, 3]]]), table), apply_mapping(ids, table))
     # predicted don't-care on a valid pixel (gt 0) counts as a miss
     np.testing.assert_allclose(cm.iou(), [0.5, 1.0])
+
+
+ADE = Path(__file__).resolve().parents[2] / "shared" / "testdata-real" / "ade20k" / "ADEChallengeData2016"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not ADE.is_dir(), reason="../shared/testdata-real/ade20k is absent")
+def test_colour_and_texture_on_real_images_against_former_implementation():
+    """Three ADE20K validation images vs noisy copies at 256x256: the colour distance is the former one within 1%;
+    the texture distance (circular interpolated LBP vs the former 3x3 square LBP) differs, by under 2x."""
+    from PIL import Image
+
+    imgs, labs = [], []
+    for i in (1, 2, 3):
+        im = Image.open(ADE / "images" / "validation" / f"ADE_val_0000000{i}.jpg").convert("RGB").resize((256, 256))
+        lb = Image.open(ADE / "annotations" / "validation" / f"ADE_val_0000000{i}.png").resize((256, 256),
+                                                                                              Image.NEAREST)
+        imgs.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 127.5 - 1)
+        labs.append(torch.from_numpy(np.asarray(lb).astype(np.int64)))
+    real, labels = torch.stack(imgs), torch.stack(labs)
+    fake = (real + 0.2 * torch.randn(real.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    new = [ClassHistograms(151, ignore=0) for _ in range(2)]
+    old = [ref_ct.ClassHistograms(151, ignore=0) for _ in range(2)]
+    for hists in (new, old):
+        hists[0].update(real, labels)
+        hists[1].update(fake, labels)
+    a, b = compare(*new), ref_ct.compare(*old)
+    assert a["color_texture_classes"] == b["color_texture_classes"] > 5
+    assert a["color_emd"] == pytest.approx(b["color_emd"], rel=0.01) and a["color_emd"] > 1
+    assert 0.5 < a["texture_chi2"] / b["texture_chi2"] < 2 and a["texture_chi2"] > 0.05
