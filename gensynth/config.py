@@ -151,10 +151,19 @@ class TrainerConfig(Section):
 
 
 class EvalConfig(Section):
+    """Evaluation (gensynth evaluate / compare, and every ``every`` steps during training); docs/evaluation.md."""
+
     every: int = Field(0, ge=0, description="evaluate every N steps (0: never during training)")
-    metrics: list[str] = Field(default_factory=lambda: ["fid"])
-    fid_weights: Optional[str] = Field(None, description="pt_inception-2015-12-05-6726825d.pth path")
-    fid_backend: Literal["pytorch-fid", "torchmetrics"] = "pytorch-fid"
+    metrics: Optional[list[str]] = Field(
+        None, description="metrics to compute (fid, kid, prec-recall, miou, ms-ssim, lpips, color-texture); "
+                          "unset: the default set fid, color-texture, whose metrics that lack a weights file or "
+                          "package are skipped with a warning")
+    on_missing: Literal["error", "skip"] = Field(
+        "error", description="a metric named in eval.metrics whose weights file, package or segmenter is missing: "
+                             "error before training starts, or skip it with a warning")
+    fid_weights: Optional[str] = Field(None, description="pt_inception-2015-12-05-6726825d.pth path (file or directory)")
+    fid_backend: Literal["pytorch-fid"] = Field("pytorch-fid", description="FID feature network (pytorch-fid's "
+                                                                           "InceptionV3, the OASIS paper's)")
     num_samples: Optional[int] = Field(None, ge=1, description="limit evaluation to N label maps")
     track: str = "fid"
     track_mode: Literal["min", "max"] = "min"
@@ -162,7 +171,8 @@ class EvalConfig(Section):
     segmenter_options: dict[str, Any] = Field(default_factory=dict)
     diversity_samples: int = Field(20, ge=2, description="samples per label map for MS-SSIM/LPIPS diversity (paper: 20)")
     lpips_net: Literal["alex", "vgg"] = Field("alex", description="LPIPS backbone")
-    lpips_weights: Optional[str] = Field(None, description="directory with the LPIPS backbone and linear weights files")
+    lpips_weights: Optional[str] = Field(None, description="the LPIPS backbone's torchvision weights file, or a "
+                                                           "directory holding it (default: the torch hub cache)")
     stats_dir: Optional[str] = Field(None, description="cache of real-image FID statistics (default ~/.cache/gensynth)")
 
 

@@ -50,3 +50,14 @@ def test_compare_rejects_an_incompatible_run_before_training(tmp_path, tiny_cach
     assert result.exit_code == 2
     assert "labelmix" in result.output and "per-pixel" in result.output
     assert not (out / "oasis-unet").exists(), "nothing may be trained when one combination is invalid"
+
+
+def test_compare_checks_evaluation_requirements_before_training(tmp_path, tiny_cache, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(cli, ["compare", "--discriminators", "oasis-unet", "--data", "demo", "--steps", "2",
+                                      "--metrics", "lpips,miou", "--out", str(out), *_sets(tmp_path, tiny_cache)])
+    assert result.exit_code == 2
+    flat = " ".join(result.output.split())
+    assert "cannot run the requested metric (lpips)" in flat and "alexnet-owt-7be5be79.pth" in flat
+    assert not out.exists()  # nothing trained: mIoU (the run's discriminator, built after training) passed the check

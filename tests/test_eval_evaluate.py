@@ -12,7 +12,9 @@ from gensynth.cli.main import cli
 from gensynth.errors import ConfigError
 from gensynth.eval.evaluate import EvalTools, evaluate, evaluate_generator, parse_metrics
 from gensynth.eval.fid import StatsCache
-from gensynth.eval.inception import FID_WEIGHTS_NAME, FIDInceptionV3
+from eval_reference.inception import FIDInceptionV3  # a network with the layout of the official weights file
+
+from gensynth.eval.fid import FID_WEIGHTS_NAME
 from gensynth.eval.segmenters import DiscriminatorSegmenter
 
 
@@ -43,27 +45,29 @@ def _cfg(loaded, tmp_path, **eval_opts):
 
 def test_parse_metrics():
     assert parse_metrics("fid, miou,colour-texture,pr") == ["fid", "miou", "color-texture", "prec-recall"]
+    assert parse_metrics("diversity,lpips,kid") == ["ms-ssim", "lpips", "kid"]  # diversity = MS-SSIM, no weights
+    assert parse_metrics(None) == ["fid", "color-texture"]  # the one default set
     with pytest.raises(ConfigError, match="unknown metric 'fdi'.*Did you mean 'fid'"):
         parse_metrics("fdi")
 
 
 def test_evaluate_all_metrics_on_tiny_run(loaded, tmp_path):
     from gensynth.data.loader import eval_batches
-    from gensynth.eval.fid import FeatureStats, frechet_distance
+    from gensynth.eval.fid import FeatureStats
 
     cfg = _cfg(loaded, tmp_path, diversity_samples=3)
-    from gensynth.eval.diversity import LPIPS
+    from gensynth.eval.diversity import LPIPSDistance, lpips_model
 
     torch.manual_seed(1)
-    lp = LPIPS("alex")
-    for c in lp.lins:
-        c.weight.data.abs_()
+    lp = LPIPSDistance(lpips_model("alex"), "alex")  # random backbone, the package's linear layers
     tools = EvalTools(feature_net=TinyFeatures(), segmenter=DiscriminatorSegmenter(loaded.discriminator, 11), lpips=lp)
     rep = evaluate(loaded.generator, loaded.parts, cfg, device="cpu", tools=tools, batch_size=4,
-                   metrics=["fid", "prec-recall", "miou", "diversity", "color-texture"])
+                   metrics=["fid", "kid", "prec-recall", "miou", "ms-ssim", "lpips", "color-texture"])
     m = rep.metrics
-    assert rep.protocol["num_images"] == 8
+    assert rep.protocol["num_images"] == 8 and not rep.errors
     assert m["fid"] > 0 and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
+    assert m["kid"] > -1 and m["kid_std"] >= 0 and rep.protocol["kid"]["subset_size"] == 8  # clipped to 8 samples
+    assert rep.protocol["kid"]["subsets"] == 100
     assert 0 <= m["miou"] <= 1 and 0 <= m["miou_real"] <= 1
     assert 0 < m["ms_ssim"] <= 1 and m["lpips"] > 0
     assert m["color_emd"] > 0 and 0 < m["texture_chi2"] <= 1
@@ -114,12 +118,13 @@ def test_evaluate_cli_fid_protocol_and_missing_weights(tiny_run, tmp_path, monke
     flat = " ".join(r.output.split())
     assert FID_WEIGHTS_NAME in flat and "github.com/mseitzer/pytorch-fid/releases" in flat
     assert "torch-home/hub/checkpoints" in flat.replace(" ", "")
+    assert "eval.on_missing=skip" in flat
 
     weights = _fake_fid_weights(tmp_path)
     out = tmp_path / "report.json"
-    # prec-recall runs the real InceptionV3 path (weights file, pool3, cache) without the 2048x2048 sqrtm (~20 s
-    # on one core); the Fréchet distance itself is covered above and in test_eval_metrics.py
-    args = ["evaluate", "-c", str(tiny_run.run_dir), "--metrics", "prec-recall,color-texture", "--device", "cpu",
+    # prec-recall and KID run the real InceptionV3 path (weights file, pool3, cache) without the 2048x2048 square
+    # root; the Fréchet distance itself is covered above and in test_eval_metrics.py
+    args = ["evaluate", "-c", str(tiny_run.run_dir), "--metrics", "prec-recall,kid,color-texture", "--device", "cpu",
             "--num-samples", "4", "--batch-size", "4", "--out", str(out), "--set", f"eval.fid_weights={weights}",
             "--set", f"eval.stats_dir={tmp_path / 'stats'}"]
     r = CliRunner().invoke(cli, args)
@@ -127,7 +132,8 @@ def test_evaluate_cli_fid_protocol_and_missing_weights(tiny_run, tmp_path, monke
     doc = json.loads(out.read_text())
     assert 0 <= doc["metrics"]["precision"] <= 1 and doc["metrics"]["color_emd"] >= 0
     assert doc["protocol"]["fid"]["features"] == "pool3 2048-d" and doc["protocol"]["num_images"] == 4
-    assert doc["protocol"]["fid"]["backend"] == "pytorch-fid" and doc["protocol"]["prec_recall"]["k"] == 3
+    assert doc["protocol"]["fid"]["backend"] == "pytorch-fid InceptionV3" and doc["protocol"]["prec_recall"]["k"] == 3
+    assert doc["protocol"]["kid"]["subset_size"] == 4 and "kid" in doc["metrics"]
     assert doc["protocol"]["ema"] is True and doc["protocol"]["resolution"] == [32, 32]
     assert "precision" in r.output  # the rich table
 
@@ -144,3 +150,42 @@ def test_evaluate_cli_miou_with_run_discriminator(tiny_run, tmp_path):
     assert all(0 <= v <= 1 for v in doc["per_class"]["iou"].values())
     r = CliRunner().invoke(cli, ["evaluate", "-c", str(tiny_run.run_dir), "--metrics", "miuo"])
     assert r.exit_code == 2 and "Did you mean 'miou'" in r.output
+
+
+def test_evaluate_cli_default_set_skips_what_lacks_weights_and_diversity_needs_none(tiny_run, tmp_path, monkeypatch):
+    """No --metrics: the default set (fid, color-texture); without the FID weights fid is skipped with a warning
+    that names the file, and colour/texture is computed. --metrics diversity is MS-SSIM: no weights at all."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(cli, ["evaluate", "-c", str(tiny_run.run_dir), "--device", "cpu", "--num-samples", "4",
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.output.split())
+    assert "evaluation skips fid" in flat and FID_WEIGHTS_NAME in flat
+    doc = json.loads(out.read_text())
+    assert set(doc["metrics"]) == {"color_emd", "texture_chi2", "color_texture_classes"}
+    assert FID_WEIGHTS_NAME in doc["protocol"]["skipped"]["fid"]
+    r = CliRunner().invoke(cli, ["evaluate", "-c", str(tiny_run.run_dir), "--device", "cpu", "--num-samples", "2",
+                                 "--metrics", "diversity", "--set", "eval.diversity_samples=2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert set(doc["metrics"]) == {"ms_ssim"} and 0 < doc["metrics"]["ms_ssim"] <= 1
+    r = CliRunner().invoke(cli, ["evaluate", "-c", str(tiny_run.run_dir), "--device", "cpu", "--metrics", "lpips"])
+    assert r.exit_code == 2 and "alexnet-owt-7be5be79.pth" in " ".join(r.output.split())
+
+
+def test_a_failing_metric_is_recorded_and_the_others_still_run(loaded, tmp_path, monkeypatch):
+    import gensynth.eval.evaluate as ev
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("histogram exploded")
+
+    monkeypatch.setattr(ev, "compare", broken)
+    cfg = _cfg(loaded, tmp_path)
+    tools = EvalTools(feature_net=TinyFeatures(), stats_cache=StatsCache(tmp_path / "s"))
+    rep = evaluate(loaded.generator, loaded.parts, cfg, device="cpu", metrics=["fid", "color-texture"], tools=tools,
+                   on_error="record")
+    assert set(rep.metrics) == {"fid"} and rep.errors == {"color-texture": "RuntimeError: histogram exploded"}
+    assert rep.to_json()["errors"] == rep.errors and rep.protocol["failed"] == ["color-texture"]
+    with pytest.raises(RuntimeError, match="histogram exploded"):
+        evaluate(loaded.generator, loaded.parts, cfg, device="cpu", metrics=["color-texture"], tools=tools)

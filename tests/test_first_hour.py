@@ -13,7 +13,7 @@ from rich.console import Console
 
 from gensynth.config import parse_size, resolve
 from gensynth.errors import ConfigError
-from tests.conftest import tiny_overrides
+from conftest import tiny_overrides
 
 
 # ------------------------------------------------------------------------------------------------ one size syntax

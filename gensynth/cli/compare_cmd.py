@@ -33,7 +33,7 @@ def plan_runs(model: str, discriminators: list[str], data: str, steps: int, out:
 
 
 def compare_runs(model: str, discriminators: list[str], data: str, steps: int, out: Path,
-                 metrics: list[str], overrides: dict, console: Console) -> list[dict]:
+                 metrics: list[str] | None, overrides: dict, console: Console) -> list[dict]:
     import torch
 
     from gensynth.api import load_model
@@ -41,7 +41,13 @@ def compare_runs(model: str, discriminators: list[str], data: str, steps: int, o
     from gensynth.eval.evaluate import evaluate_generator
     from gensynth.train.trainer import run_training
 
+    from gensynth.eval.requirements import plan_evaluation
+
     plans = plan_runs(model, discriminators, data, steps, out, overrides)
+    evals = {}
+    for name, cfg, provenance, parts in plans:  # every evaluation requirement before anything trains
+        evals[name] = plan_evaluation(cfg, parts, metrics=metrics, run_later=True,
+                                      warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}", highlight=False))
     rows = []
     for name, cfg, provenance, parts in plans:
         console.print(f"[bold]== {model} with discriminator {name}[/] (objective {parts.objective}, "
@@ -51,7 +57,7 @@ def compare_runs(model: str, discriminators: list[str], data: str, steps: int, o
         result = run_training(cfg, provenance, console=console)
         loaded = load_model(result.run_dir, ema=True, device="cpu")
         scores = evaluate_generator(loaded.generator, loaded.parts, loaded.config, device=torch.device("cpu"),
-                                    metrics=metrics)
+                                    metrics=evals[name].metrics, checkpoint=result.run_dir) if evals[name].metrics else {}
         rows.append({"discriminator": name, "objective": parts.objective, "losses": parts.losses,
                      "steps": result.step, "run_dir": str(result.run_dir), **scores})
     return rows
@@ -66,7 +72,9 @@ def compare_runs(model: str, discriminators: list[str], data: str, steps: int, o
 @click.option("--size", default=None, help="training resolution HxW for every run (default: the dataset's)")
 @click.option("--scale", default=None, help="model size of every run: tiny, small, paper (default: the preset's "
                                             "for the dataset)")
-@click.option("--metrics", default="color-texture", show_default=True, help="comma-separated metrics")
+@click.option("--metrics", default=None,
+              help="comma-separated metrics [default: eval.metrics, else fid,color-texture, skipping those whose "
+                   "weights file or package is missing]")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True)
 @click.option("--set", "sets", multiple=True, help="section.key=value overrides applied to every run")
 def command(model, discriminators, data, data_root, steps, size, scale, metrics, out, sets):
@@ -82,8 +90,8 @@ def command(model, discriminators, data, data_root, steps, size, scale, metrics,
     if scale:
         overrides["model.scale"] = scale
     names = [d.strip() for d in discriminators.split(",") if d.strip()]
-    rows = compare_runs(model, names, data, steps, out, [m.strip() for m in metrics.split(",") if m.strip()],
-                        overrides, console)
+    chosen = None if metrics is None else [m.strip() for m in metrics.split(",") if m.strip()]
+    rows = compare_runs(model, names, data, steps, out, chosen, overrides, console)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(rows, indent=2, default=str))
     keys = sorted({k for r in rows for k in r if k not in ("losses",)}, key=lambda k: (k != "discriminator", k))

@@ -1,4 +1,4 @@
-"""``gensynth evaluate``: FID, precision/recall, mIoU, diversity, colour/texture of a trained run."""
+"""``gensynth evaluate``: FID, KID, precision/recall, mIoU, MS-SSIM, LPIPS, colour/texture of a trained run."""
 from __future__ import annotations
 
 import json
@@ -33,8 +33,10 @@ def print_report(report, console) -> None:
 @click.option("--data-root", default=None, help="shards or raw layout of the dataset (default: the run's)")
 @click.option("--split", default=None, help="split to evaluate (default: data.val_split)")
 @click.option("--size", default=None, help="evaluation resolution HxW (default: the run's training resolution)")
-@click.option("--metrics", "-m", default="fid", show_default=True,
-              help="comma list of: fid, prec-recall, miou, diversity, color-texture")
+@click.option("--metrics", "-m", default=None,
+              help="comma list of: fid, kid, prec-recall, miou, ms-ssim (alias diversity), lpips, color-texture "
+                   "[default: the run's eval.metrics, else fid,color-texture, skipping those whose weights file "
+                   "or package is missing]")
 @click.option("--out", "-o", default=None, type=click.Path(dir_okay=False), help="JSON report path")
 @click.option("--no-ema", is_flag=True, help="evaluate the raw generator instead of the EMA one")
 @click.option("--num-samples", default=None, type=click.IntRange(1), help="only the first N label maps")
@@ -53,8 +55,9 @@ def command(checkpoint, data, data_root, split, size, metrics, out, no_ema, num_
     from gensynth.config import parse_set
     from gensynth.errors import ConfigError
     from gensynth.eval.evaluate import evaluate, parse_metrics
+    from gensynth.eval.requirements import plan_evaluation
 
-    names = parse_metrics(metrics)
+    names = parse_metrics(metrics) if metrics is not None else None
     dev = resolve_device(device)
     m = load_model(checkpoint, ema=not no_ema, device=dev)
     if data is not None and data != m.config.data.name:
@@ -71,8 +74,14 @@ def command(checkpoint, data, data_root, split, size, metrics, out, no_ema, num_
         overrides["eval.num_samples"] = num_samples
     cfg = m.checkpoint.config_with(overrides)
     console = Console(stderr=True)
-    report = evaluate(m.generator, m.parts, cfg, device=dev, metrics=names, checkpoint=checkpoint,
-                      batch_size=batch_size)
+    plan = plan_evaluation(cfg, m.parts, metrics=names, checkpoint=checkpoint, device=dev,
+                           warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}", highlight=False))
+    if not plan.metrics:
+        raise ConfigError("no metric can run: " + "; ".join(f"{k}: {v}" for k, v in plan.skipped.items()))
+    report = evaluate(m.generator, m.parts, cfg, device=dev, metrics=plan.metrics, checkpoint=checkpoint,
+                      batch_size=batch_size, tools=plan.tools())
+    if plan.skipped:
+        report.protocol["skipped"] = dict(plan.skipped)
     report.protocol["checkpoint"] = str(m.checkpoint.path) if m.checkpoint else str(checkpoint)
     report.protocol["ema"] = not no_ema
     print_report(report, table_console())

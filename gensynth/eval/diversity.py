@@ -1,27 +1,30 @@
-"""Diversity of multi-modal samples: mean pairwise MS-SSIM (lower = more diverse) and LPIPS (higher = more diverse).
+"""Diversity of multi-modal samples, as the OASIS paper reports it: for each label map several samples, and the
+mean over all pairs of
 
-MS-SSIM (Wang et al. 2003), written for gensynth: images mapped to [0, 1] (data range 1), 11x11 Gaussian window
-(sigma 1.5), K1 = 0.01, K2 = 0.03, scale weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), 2x2 average pooling
-between scales, negative contrast-structure terms clamped to 0. Small images cannot host 5 scales of an 11-pixel
-window: the number of scales is reduced so that the coarsest scale is at least 11 pixels and the weights of
-the scales used are renormalised to sum to 1 (recorded as ``ms_ssim_scales``).
-
-LPIPS (Zhang et al. 2018), v0.1: ImageNet backbone (AlexNet or VGG16, torchvision layout) scaled input, five
-ReLU feature maps unit-normalised over channels, squared differences weighted by learned 1x1 "linear" layers,
-averaged spatially and summed. Weights come from local files only (see :func:`lpips_weight_files`).
+* MS-SSIM (lower = more diverse): images mapped to [0, 1] (data range 1), 11x11 Gaussian window (sigma 1.5),
+  K1 = 0.01, K2 = 0.03, scale weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), negative terms clamped to 0.
+  Needs no weights. Images whose short side exceeds 160 px (the paper's sizes) use pytorch-msssim's ``ms_ssim``
+  (window-valid statistics, as TensorFlow and the former gensynth code; separable filters: the fastest measured).
+  pytorch-msssim refuses smaller images; for those the number of scales is reduced so that the coarsest scale is
+  at least 11 pixels, the weights of the scales used are renormalised to sum to 1 (``ms_ssim_scales``), and
+  torchmetrics' ``multiscale_structural_similarity_index_measure`` computes it (it averages the coarsest scale's
+  SSIM over a reflect-padded map, so small-image values differ from window-valid ones by up to ~0.05).
+* LPIPS v0.1 (higher = more diverse), the ``lpips`` package: its linear layers ship inside the package; the
+  torchvision backbone (AlexNet or VGG16) is read from a local file (see :func:`load_lpips`), never downloaded.
 """
 from __future__ import annotations
 
 import itertools
 import math
 import os
-from pathlib import Path
+import re
+import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gensynth.errors import CheckpointError, ConfigError
+from gensynth.eval.deps import optional_import
 from gensynth.eval.fid import find_weights
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -31,26 +34,6 @@ WINDOW, SIGMA, K1, K2 = 11, 1.5, 0.01, 0.03
 # ---------------------------------------------------------------------------------------------
 # MS-SSIM
 # ---------------------------------------------------------------------------------------------
-def _gauss_window(size: int, sigma: float, channels: int, device, dtype) -> Tensor:
-    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
-
-
-def _ssim_terms(x: Tensor, y: Tensor, win: Tensor) -> tuple[Tensor, Tensor]:
-    """(B, C, H, W) in [0, 1] -> per-image luminance*cs (SSIM) and cs, each (B,), 'valid' filtering."""
-    c = x.shape[1]
-    c1, c2 = K1 ** 2, K2 ** 2
-    mu_x, mu_y = F.conv2d(x, win, groups=c), F.conv2d(y, win, groups=c)
-    sxx = F.conv2d(x * x, win, groups=c) - mu_x ** 2
-    syy = F.conv2d(y * y, win, groups=c) - mu_y ** 2
-    sxy = F.conv2d(x * y, win, groups=c) - mu_x * mu_y
-    cs = (2 * sxy + c2) / (sxx + syy + c2)
-    lum = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1)
-    return (lum * cs).flatten(1).mean(1), cs.flatten(1).mean(1)
-
-
 def ms_ssim_scales(height: int, width: int, max_scales: int = 5) -> int:
     """How many scales fit: the coarsest one must be at least the window size."""
     side = min(height, width)
@@ -59,24 +42,37 @@ def ms_ssim_scales(height: int, width: int, max_scales: int = 5) -> int:
     return max(1, min(max_scales, 1 + int(math.floor(math.log2(side / WINDOW)))))
 
 
+def ms_ssim_betas(scales: int) -> tuple[float, ...]:
+    """The first ``scales`` MS-SSIM weights, renormalised to sum to 1."""
+    w = MS_SSIM_WEIGHTS[:scales]
+    return tuple(v / sum(w) for v in w)
+
+
+#: pytorch-msssim needs the short side to exceed (window - 1) * 2^4 (five scales)
+PYTORCH_MSSSIM_MIN_SIDE = (WINDOW - 1) * 2 ** 4 + 1
+
+
+def ms_ssim_library(height: int, width: int) -> str:
+    """Which library computes MS-SSIM at this size (see the module text)."""
+    return "pytorch-msssim" if min(height, width) >= PYTORCH_MSSSIM_MIN_SIDE else "torchmetrics"
+
+
 def ms_ssim(x: Tensor, y: Tensor, scales: int | None = None) -> Tensor:
     """x, y: (B, 3, H, W) in [-1, 1] -> (B,) MS-SSIM in [0, 1] (1 for identical images)."""
     if x.shape != y.shape:
         raise ValueError(f"MS-SSIM inputs differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
-    x = ((x.double() + 1) / 2).clamp(0, 1)
-    y = ((y.double() + 1) / 2).clamp(0, 1)
     m = scales or ms_ssim_scales(x.shape[-2], x.shape[-1])
-    w = torch.tensor(MS_SSIM_WEIGHTS[:m], dtype=torch.float64, device=x.device)
-    w = w / w.sum()
-    win = _gauss_window(WINDOW, SIGMA, x.shape[1], x.device, x.dtype)
-    factors = []
-    for j in range(m):
-        ssim, cs = _ssim_terms(x, y, win)
-        factors.append((ssim if j == m - 1 else cs).clamp(min=0))
-        if j < m - 1:
-            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-    stacked = torch.stack(factors, 1)  # (B, m)
-    return torch.prod(stacked ** w, dim=1).float()
+    a = ((x.double() + 1) / 2).clamp(0, 1)
+    b = ((y.double() + 1) / 2).clamp(0, 1)
+    if m == 5 and ms_ssim_library(*x.shape[-2:]) == "pytorch-msssim":
+        msssim = optional_import("pytorch_msssim", "ms-ssim")
+        return msssim.ms_ssim(a, b, data_range=1.0, size_average=False, win_size=WINDOW, win_sigma=SIGMA,
+                              weights=list(MS_SSIM_WEIGHTS), K=(K1, K2)).float()
+    image = optional_import("torchmetrics.functional.image", "ms-ssim")
+    out = image.multiscale_structural_similarity_index_measure(
+        a, b, gaussian_kernel=True, sigma=SIGMA, kernel_size=WINDOW, data_range=1.0, k1=K1, k2=K2,
+        betas=ms_ssim_betas(m), normalize="relu", reduction="none")
+    return out.float()
 
 
 def mean_pairwise(samples: Tensor, fn) -> float:
@@ -94,87 +90,65 @@ def mean_pairwise(samples: Tensor, fn) -> float:
 # LPIPS
 # ---------------------------------------------------------------------------------------------
 LPIPS_BACKBONES = {
-    # net: (torchvision weights file, url, indices of the ReLU outputs tapped, channels)
-    "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-             (1, 4, 7, 9, 11), (64, 192, 384, 256, 256)),
-    "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth",
-            (3, 8, 15, 22, 29), (64, 128, 256, 512, 512)),
+    # net: (torchvision weights file, its URL)
+    "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+    "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
 }
-LPIPS_LINEAR_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/{net}.pth"
-_SHIFT = (-0.030, -0.088, -0.188)
-_SCALE = (0.458, 0.448, 0.450)
 
 
-def lpips_linear_filename(net: str) -> str:
-    return f"lpips_v0.1_{net}.pth"
+def lpips_backbone_path(net: str, weights_dir: str | os.PathLike | None):
+    """Where the torchvision backbone of LPIPS ``net`` is (MissingWeightsError with what to do when it is not)."""
+    if net not in LPIPS_BACKBONES:
+        raise ConfigError(f"eval.lpips_net = {net!r} is not supported; allowed: {', '.join(LPIPS_BACKBONES)}")
+    name, url = LPIPS_BACKBONES[net]
+    return find_weights(name, weights_dir, url, f"LPIPS {net} backbone (torchvision)", "--set eval.lpips_weights=DIR")
 
 
-class LPIPS(nn.Module):
-    """LPIPS distance: two (B, 3, H, W) images in [-1, 1] -> (B,) distances (0 for identical images).
+class LPIPSDistance(nn.Module):
+    """The ``lpips`` package's LPIPS as a distance: two (B, 3, H, W) images in [-1, 1] -> (B,) (0 when identical)."""
 
-    ``net``: "alex" or "vgg". Build with :meth:`pretrained` for real numbers; the bare constructor leaves
-    random weights (tests, or to load your own).
-    """
-
-    def __init__(self, net: str = "alex"):
+    def __init__(self, model: nn.Module, net: str):
         super().__init__()
-        import torchvision
-
-        if net not in LPIPS_BACKBONES:
-            raise ConfigError(f"LPIPS net {net!r} is not supported; allowed: {', '.join(LPIPS_BACKBONES)}")
+        self.model = model
         self.net_name = net
-        _, _, taps, channels = LPIPS_BACKBONES[net]
-        builder = torchvision.models.alexnet if net == "alex" else torchvision.models.vgg16
-        self.features = builder(weights=None).features[: taps[-1] + 1]
-        self.taps = taps
-        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in channels)
-        self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1))
-        self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1))
-        self.requires_grad_(False)
-        self.eval()
-
-    @classmethod
-    def pretrained(cls, net: str = "alex", weights_dir: str | os.PathLike | None = None, device="cpu") -> "LPIPS":
-        """Load backbone and linear weights from ``weights_dir`` or the torch hub cache (never downloads)."""
-        m = cls(net)
-        bb_name, bb_url, _, _ = LPIPS_BACKBONES[net]
-        bb_path = find_weights(bb_name, weights_dir, bb_url, f"LPIPS {net} backbone", "--set eval.lpips_weights=DIR")
-        lin_path = find_weights(lpips_linear_filename(net), weights_dir, LPIPS_LINEAR_URL.format(net=net),
-                                f"LPIPS {net} linear layers (save {net}.pth under this name)",
-                                "--set eval.lpips_weights=DIR")
-        m.load_files(bb_path, lin_path)
-        return m.to(device)
-
-    def load_files(self, backbone: str | Path, linear: str | Path) -> None:
-        """backbone: torchvision state dict (``features.N.weight`` ...); linear: LPIPS v0.1 (``linN.model.1.weight``)."""
-        bb = torch.load(backbone, map_location="cpu", weights_only=True)
-        feats = {k[len("features."):]: v for k, v in bb.items() if k.startswith("features.")}
-        own = self.features.state_dict()
-        missing = [k for k in own if k not in feats]
-        if missing:
-            raise CheckpointError(f"{backbone} is not a torchvision {self.net_name} state dict: missing {missing[:3]}")
-        self.features.load_state_dict({k: feats[k] for k in own})
-        lin = torch.load(linear, map_location="cpu", weights_only=True)
-        try:
-            for i, conv in enumerate(self.lins):
-                conv.weight.data.copy_(lin[f"lin{i}.model.1.weight"])
-        except (KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"{linear} is not an LPIPS v0.1 {self.net_name} linear-layer file: {exc}") from None
-
-    def _taps(self, x: Tensor) -> list[Tensor]:
-        out = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                out.append(x)
-        return out
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        fx = self._taps((x - self.shift) / self.scale)
-        fy = self._taps((y - self.shift) / self.scale)
-        total = 0
-        for a, b, lin in zip(fx, fy, self.lins):
-            a = a / (a.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            b = b / (b.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            total = total + lin((a - b) ** 2).mean(dim=(1, 2, 3))
-        return total
+        return self.model(x, y).flatten()
+
+
+def lpips_model(net: str = "alex") -> nn.Module:
+    """``lpips.LPIPS`` v0.1 with the package's linear layers and a randomly initialised backbone (no download)."""
+    lpips = optional_import("lpips", "lpips")
+    if net not in LPIPS_BACKBONES:
+        raise ConfigError(f"eval.lpips_net = {net!r} is not supported; allowed: {', '.join(LPIPS_BACKBONES)}")
+    with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
+        warnings.simplefilter("ignore", UserWarning)
+        return lpips.LPIPS(net=net, version="0.1", pretrained=True, pnet_rand=True, verbose=False).eval()
+
+
+def load_backbone(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Copy a torchvision AlexNet/VGG16 state dict (``features.N.*``) into an ``lpips.LPIPS`` backbone
+    (``net.sliceK.N.*``); every backbone tensor must be present."""
+    own = {k: v for k, v in model.state_dict().items() if k.startswith("net.")}
+    new = {}
+    for key in own:
+        tv_key = re.sub(r"^net\.slice\d+\.", "features.", key)
+        if tv_key not in state:
+            raise CheckpointError(f"{source} is not a torchvision backbone state dict for LPIPS: missing {tv_key!r}")
+        if tuple(state[tv_key].shape) != tuple(own[key].shape):
+            raise CheckpointError(f"{source}: {tv_key} has shape {tuple(state[tv_key].shape)}, LPIPS expects "
+                                  f"{tuple(own[key].shape)} (wrong backbone for eval.lpips_net?)")
+        new[key] = state[tv_key]
+    model.load_state_dict(new, strict=False)
+
+
+def load_lpips(net: str = "alex", weights_dir: str | os.PathLike | None = None, device="cpu") -> LPIPSDistance:
+    """LPIPS with its backbone read from ``weights_dir`` (a file or directory) or the torch hub cache."""
+    path = lpips_backbone_path(net, weights_dir)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read LPIPS backbone weights {path}: {exc}") from exc
+    model = lpips_model(net)
+    load_backbone(model, state, str(path))
+    return LPIPSDistance(model, net).eval().to(device)

@@ -2,8 +2,14 @@
 
 Protocol: predictions and ground truth are model class ids (B, H, W); when the dataset defines ``eval_ids``
 (e.g. Cityscapes' 19 trainIds) both are mapped through it first and 255 is ignored; otherwise the don't-care
-class is ignored. IoU of a class = TP / (TP + FP + FN); the mean is over classes that occur in the ground truth
-or the predictions (union > 0).
+class is ignored. IoU of a class = TP / (TP + FP + FN); a class absent from both ground truth and predictions has
+IoU NaN and the mean is over the other classes. This is the convention of the Cityscapes scripts and mmsegmentation,
+including that a valid ground-truth pixel predicted as an ignored id is a false negative of its class.
+
+Why not torchmetrics' ``JaccardIndex``: on the same valid predictions it gives the same per-class IoU and the same
+macro mean (tests/test_eval_metrics.py), but it reports an absent class as 0 instead of NaN and fails on a
+prediction of the ignore id, which segmenters with an ignore channel produce; so gensynth keeps this small
+confusion matrix, which also merges across processes by addition.
 """
 from __future__ import annotations
 

@@ -173,6 +173,7 @@ class Trainer:
         for term in self.method.terms:
             term.to(self.device)
         self._contracts = first_step_contracts(self.parts, self.method, self.D)  # checked on the first step only
+        self._eval_plan = self._plan_evaluation() if cfg.eval.every > 0 else None  # before step 1
         self.ema = EMA(self.G, cfg.trainer.ema_decay, cfg.trainer.ema_warmup) if cfg.trainer.ema_decay is not None else None
         oc = cfg.optim
         betas = (float(oc.beta1), float(oc.beta2))
@@ -580,23 +581,55 @@ class Trainer:
         if self.log is not None:
             self.log.image("samples", grid, self.step)
 
+    def _plan_evaluation(self):
+        """Every requirement of the periodic evaluation, checked before step 1 (ConfigError, or a warning and the
+        metric skipped with eval.on_missing=skip / the default set)."""
+        from gensynth.eval.requirements import plan_evaluation
+
+        console = self.console or Console(stderr=True)
+
+        def warn(msg: str) -> None:
+            if self.dist.is_main:
+                console.print(f"[yellow]warning:[/] {msg}", highlight=False)
+
+        return plan_evaluation(self.cfg, self.parts, discriminator=self.D, device=self.device, warn=warn)
+
     def _evaluate(self) -> None:
-        try:
-            from gensynth.eval.evaluate import evaluate_generator
-        except ImportError as exc:
-            if not self._eval_warned:
-                self.progress.message(f"[yellow]warning:[/] evaluation skipped (gensynth.eval.evaluate: {exc})")
-                self._eval_warned = True
+        """The periodic evaluation: a metric that fails is logged (metrics.jsonl "kind": "eval_error") and dropped
+        from later evaluations; any other failure is logged too, and training continues."""
+        from gensynth.eval.evaluate import evaluate
+
+        plan = self._eval_plan
+        if plan is None or not plan.metrics:
             return
         gen = self._eval_generator()
-        was = gen.training
+        was, d_was = gen.training, self.D.training
         gen.eval()
-        with isolated_rng(self.device):
-            results = evaluate_generator(gen, self.parts, self.cfg, device=self.device, rank=self.dist.rank,
-                                         world_size=self.dist.world_size, metrics=None)
-        gen.train(was)
-        if self.ema is not None:
-            self.ema.module.eval()
+        errors: dict[str, str] = {}
+        results: dict[str, float] = {}
+        try:
+            with isolated_rng(self.device):
+                report = evaluate(gen, self.parts, self.cfg, device=self.device, rank=self.dist.rank,
+                                  world_size=self.dist.world_size, metrics=plan.metrics,
+                                  tools=plan.tools(), on_error="record")
+            results, errors = report.metrics, report.errors
+        except Exception as exc:  # the generator, the data or a collective failed: no metric this time
+            errors = {"evaluation": f"{type(exc).__name__}: {exc}"}
+        finally:
+            gen.train(was)
+            self.D.train(d_was)
+            if self.ema is not None:
+                self.ema.module.eval()
+        for metric, msg in errors.items():
+            self.progress.message(f"[yellow]warning:[/] evaluation of {metric} failed at step {self.step} (training "
+                                  f"continues{'' if metric == 'evaluation' else ' without it'}): {msg}")
+            if metric in plan.metrics:
+                plan.metrics.remove(metric)
+                plan.skipped[metric] = msg
+        if errors and self.log is not None:
+            self.log.write(self.step, {"failed": sorted(errors), "errors": errors}, kind="eval_error")
+        if not results:
+            return
         results = {k: float(v) for k, v in (results or {}).items()}
         self.last_metrics.update({f"eval/{k}": v for k, v in results.items()})
         if self.log is not None:

@@ -1,4 +1,4 @@
-"""InceptionV3 in the layout of pytorch-fid's "FID Inception" (the TF 2015-12-05 graph ported to PyTorch).
+"""(Reference copy, see __init__.) InceptionV3 in the layout of pytorch-fid's "FID Inception" (the TF 2015-12-05 graph ported to PyTorch).
 
 Parameter names match the weights file ``pt_inception-2015-12-05-6726825d.pth`` (torchvision's Inception3
 layout with 1008 output classes and no auxiliary head), so it loads with ``strict=True``. The FID variant
