@@ -31,6 +31,12 @@ class NoiseCrossAttention(nn.Module):
         self.to_v = nn.Linear(dim, dim, bias=False)
         self.to_out = nn.Conv2d(dim, channels, 1)
 
+    def reset_parameters(self) -> None:
+        """PyTorch's default initialisation of every layer (LayerNorm to weight 1, bias 0)."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
     def make_tokens(self, z: Tensor) -> Tensor:
         """(B, z_dim) -> (B, K, d)."""
         return self.token_norm(self.to_tokens(z).view(z.shape[0], self.tokens, self.dim))

@@ -114,7 +114,9 @@ class DPSIMSGenerator(Generator):
             for i in range(levels))
         self.conv_img = Conv2d(self.widths[-1], 3, 3, padding=1)
         self.up = UpsampleNearest(2)
-        init_xavier(self)
+        init_xavier(self)  # OASIS's initialisation (gain 0.02) for the encoder and trunk ...
+        for module in self.attention.values():  # ... but not the attention: with it the noise starts ~1e-4 weak
+            module.reset_parameters()
 
     def start_size(self, height: int, width: int) -> tuple[int, int]:
         f = 2 ** (self.num_res_blocks - 1)
