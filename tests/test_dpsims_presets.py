@@ -54,3 +54,23 @@ def test_readme_table_names_every_option():
                   DiversityOptions):
         missing = set(model.model_fields) - named
         assert not missing, f"{model.__name__}: {sorted(missing)} not in the README"
+
+
+def test_learning_benchmark_variants_resolve_with_and_without_diversity(tmp_path):
+    import importlib.util
+    import sys
+
+    name = "gensynth_bench_learning"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / "learning.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    bl = sys.modules[name]
+    for tiny in (False, True):
+        settings = bl.Settings(models=("dp-sims", "dp-sims-nodiv"), tiny=tiny, out=tmp_path)
+        with_div = resolve_parts(resolve(bl.run_overrides("dp-sims", settings, tmp_path / "a"))[0])
+        without = resolve_parts(resolve(bl.run_overrides("dp-sims-nodiv", settings, tmp_path / "b"))[0])
+        assert with_div.losses["diversity"] == 1.0 and "diversity" not in without.losses
+        assert with_div.generator_options == without.generator_options
+        assert with_div.discriminator_options["pretrained"] is False
