@@ -102,6 +102,21 @@ def backbone_backward_time(D, size, batch: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def saved_mb(D, size, batch: int, needs_grad: bool) -> float:
+    """MB of tensors autograd keeps for backward during one D call on ``batch`` images (the D step judges
+    3 x batch: fake, real, LabelMix mix); ``needs_grad`` forces the graph through the frozen backbone."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    x = torch.rand(batch, 3, *size) * 2 - 1
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        D(x.requires_grad_(needs_grad))
+    return total[0] / 2 ** 20
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, nargs=2, default=[64, 64])
@@ -144,6 +159,8 @@ def main():
             row["backbone forward s"] = statistics.median(backbone[name])
             row["backbone backward (G step) s"] = backbone_backward_time(D, size, args.batch, args.repeats)
             row["backbone share"] = (row["backbone forward s"] + row["backbone backward (G step) s"]) / it
+            row["D-step autograd MB, frozen part under no_grad"] = saved_mb(D, size, 3 * args.batch, False)
+            row["D-step autograd MB, graph forced through it"] = saved_mb(D, size, 3 * args.batch, True)
         rows.append(row)
     for r in rows:
         print(" | ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in r.items()))

@@ -5,7 +5,9 @@ Trains, with the real trainer (``run_training``), the same seed and the same num
 * ``oasis``: the OASIS preset (N+1 segmentation discriminator, LabelMix, 3D noise), no perceptual loss;
 * ``spade+``: SPADE+ as the OASIS paper defines it, WITHOUT its VGG perceptual loss;
 * ``spade+vgg``: SPADE+ with the VGG19 perceptual loss (weight 10), only when a VGG19 weights file is given
-  (``--vgg-weights PATH``, or torchvision's cache location); skipped otherwise, and the report says so.
+  (``--vgg-weights PATH``, or torchvision's cache location); skipped otherwise, and the report says so;
+* ``dp-sims`` / ``dp-sims-nodiv`` (only when asked with ``--models``): the DP-SIMS-style preset at its demo entry
+  (a random, fine-tuned tiny timm backbone; focal N+1, LabelMix, PatchNCE), with and without the diversity term.
 
 Both presets run at the widths of their demo entries, made comparable: generators of 1.48M parameters each;
 SPADE+'s PatchGAN at ``ndf=8`` (92k parameters) next to OASIS' U-Net D (82k). SPADE+ also gets the OASIS demo's
