@@ -86,8 +86,8 @@ VARIANTS = {
     "oasis": {"model.preset": "oasis"},
     "spade+": {"model.preset": "spade+", "model.discriminator_options.ndf": 8, "model.losses.vgg": 0},
     "spade+vgg": {"model.preset": "spade+", "model.discriminator_options.ndf": 8, "model.losses.vgg": 10.0},
-    # DP-SIMS-style at its demo entry (random fine-tuned test_convnext backbone, no download), with and without the
-    # diversity term
+    # DP-SIMS-style at its demo entry (random fine-tuned test_convnext backbone, no download), with (the preset's
+    # weight) and without the diversity term
     "dp-sims": {"model.preset": "dp-sims"},
     "dp-sims-nodiv": {"model.preset": "dp-sims", "model.losses.diversity": 0},
 }

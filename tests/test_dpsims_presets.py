@@ -71,6 +71,6 @@ def test_learning_benchmark_variants_resolve_with_and_without_diversity(tmp_path
         settings = bl.Settings(models=("dp-sims", "dp-sims-nodiv"), tiny=tiny, out=tmp_path)
         with_div = resolve_parts(resolve(bl.run_overrides("dp-sims", settings, tmp_path / "a"))[0])
         without = resolve_parts(resolve(bl.run_overrides("dp-sims-nodiv", settings, tmp_path / "b"))[0])
-        assert with_div.losses["diversity"] == 1.0 and "diversity" not in without.losses
+        assert with_div.losses["diversity"] == 0.1 and "diversity" not in without.losses
         assert with_div.generator_options == without.generator_options
         assert with_div.discriminator_options["pretrained"] is False
