@@ -5,7 +5,9 @@ Trains, with the real trainer (``run_training``), the same seed and the same num
 * ``oasis``: the OASIS preset (N+1 segmentation discriminator, LabelMix, 3D noise), no perceptual loss;
 * ``spade+``: SPADE+ as the OASIS paper defines it, WITHOUT its VGG perceptual loss;
 * ``spade+vgg``: SPADE+ with the VGG19 perceptual loss (weight 10), only when a VGG19 weights file is given
-  (``--vgg-weights PATH``, or torchvision's cache location); skipped otherwise, and the report says so.
+  (``--vgg-weights PATH``, or torchvision's cache location); skipped otherwise, and the report says so;
+* ``dp-sims`` / ``dp-sims-nodiv`` (only when asked with ``--models``): the DP-SIMS-style preset at its demo entry
+  (a random, fine-tuned tiny timm backbone; focal N+1, LabelMix, PatchNCE), with and without the diversity term.
 
 Both presets run at the widths of their demo entries, made comparable: generators of 1.48M parameters each;
 SPADE+'s PatchGAN at ``ndf=8`` (92k parameters) next to OASIS' U-Net D (82k). SPADE+ also gets the OASIS demo's
@@ -68,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_rates import machine_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "learning"
-MODELS = ("oasis", "spade+", "spade+vgg")
+MODELS = ("oasis", "spade+", "spade+vgg", "dp-sims", "dp-sims-nodiv")
 
 # ---------------------------------------------------------------------------------------------
 # configurations
@@ -84,6 +86,10 @@ VARIANTS = {
     "oasis": {"model.preset": "oasis"},
     "spade+": {"model.preset": "spade+", "model.discriminator_options.ndf": 8, "model.losses.vgg": 0},
     "spade+vgg": {"model.preset": "spade+", "model.discriminator_options.ndf": 8, "model.losses.vgg": 10.0},
+    # DP-SIMS-style at its demo entry (random fine-tuned test_convnext backbone, no download), with (the preset's
+    # weight) and without the diversity term
+    "dp-sims": {"model.preset": "dp-sims"},
+    "dp-sims-nodiv": {"model.preset": "dp-sims", "model.losses.diversity": 0},
 }
 #: the CI configuration (tests/test_learning_evidence.py): 32x32, tiny widths (OASIS G 0.04M / D 0.04M,
 #: SPADE+ G 0.06M / D 0.01M parameters), batch 4, a faster D
@@ -99,6 +105,14 @@ TINY_VARIANTS = {
                "model.discriminator_options.ndf": 4, "model.discriminator_options.n_layers": 3},
 }
 TINY_VARIANTS["spade+vgg"] = TINY_VARIANTS["spade+"]
+TINY_VARIANTS["dp-sims"] = {
+    "model.generator_options.dp-sims.channels": 4, "model.generator_options.dp-sims.num_res_blocks": 2,
+    "model.generator_options.dp-sims.encoder_channels": 4, "model.generator_options.dp-sims.encoder_max_channels": 8,
+    "model.generator_options.dp-sims.token_dim": 8, "model.generator_options.dp-sims.noise_tokens": 4,
+    "model.generator_options.dp-sims.spade_hidden": 8, "model.generator_options.dp-sims.z_dim": 4,
+    "model.discriminator_options.dp-sims.decoder_channels": [8, 8, 8, 8],
+    "model.discriminator_options.dp-sims.head_channels": 8}
+TINY_VARIANTS["dp-sims-nodiv"] = TINY_VARIANTS["dp-sims"]
 
 
 @dataclass

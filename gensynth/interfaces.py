@@ -242,7 +242,9 @@ class StepContext:
 
     real: (B, 3, H, W); fake: (B, 3, H, W) (detached in the D step); cond: the Condition;
     d_real / d_fake: discriminator outputs on them (d_real is None in a G step unless a term asked);
-    gen: the generator output (aux included); discriminator: the D module (LabelMix calls it again).
+    gen: the generator output (aux included); discriminator: the D module (LabelMix calls it again);
+    generator: the G module (callable ``(cond, z) -> GeneratorOutput``) in a G step, for terms that draw another
+    sample (the diversity term), else None.
     d_inputs / d_extra: per term name, the extra images a D-side term asked D to judge (:meth:`LossTerm.d_input`)
     and, when the method judged them together with fake and real, D's outputs on them; scratch: per term name,
     what a term keeps between ``d_input`` and ``__call__`` (LabelMix's mask).
@@ -256,6 +258,7 @@ class StepContext:
     d_fake: DiscriminatorOutput | None = None
     gen: GeneratorOutput | None = None
     step: int = 0
+    generator: Callable[..., GeneratorOutput] | None = None
     d_inputs: dict[str, Any] = field(default_factory=dict)
     d_extra: dict[str, DiscriminatorOutput] = field(default_factory=dict)
     scratch: dict[str, Any] = field(default_factory=dict)  # terms' own per-step data, by term name

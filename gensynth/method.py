@@ -100,7 +100,7 @@ class AdversarialMethod(TrainingMethod):
         else:  # figures of this step only
             self.stats.pop("label_dependence", None), self.stats.pop("label_dependence_real", None)
         ctx = StepContext(real=real, fake=gen.image, cond=cond, discriminator=D, d_real=d_real, d_fake=d_fake,
-                          gen=gen, step=step)
+                          gen=gen, step=step, generator=G)
         for term in self.terms:
             if term.side == "G":
                 losses[term.name] = term.weight * term(ctx)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from gensynth.interfaces import (Capability, Condition, Discriminator, DiscriminatorOutput, DOutputKind, Generator,
-                                 GeneratorOutput, Objective, one_hot)
+                                 GeneratorOutput, NoiseKind, Objective, one_hot)
 
 
 @dataclass
@@ -71,22 +71,29 @@ class ProbeDiscriminator(Discriminator):
 
 
 class ProbeGenerator(Generator):
-    """A tiny generator: labels -> tanh image; ``aux`` holds mu/logvar (B, 8) when asked (loss terms needing them)."""
+    """A tiny generator with 3D noise: [labels ; z] -> tanh image; ``aux`` holds mu/logvar (B, 8) when asked (loss
+    terms needing them). z: (B, 2) broadcast over the pixels, (B, 2, H, W), or None (sampled)."""
 
     uses_style_image = False
+    noise = NoiseKind.SPATIAL
+    z_dim = 2
 
     def __init__(self, num_classes: int, with_aux: bool = False):
         super().__init__()
         self.num_classes = num_classes
         self.with_aux = with_aux
-        self.conv = nn.Conv2d(num_classes, 3, 3, padding=1)
+        self.conv = nn.Conv2d(num_classes + self.z_dim, 3, 3, padding=1)
         self.latent = nn.Parameter(torch.zeros(2, 8))
 
     def forward(self, cond, z=None) -> GeneratorOutput:
-        image = torch.tanh(self.conv(cond.labels))
+        labels = cond.labels
+        b, _, h, w = labels.shape
+        if z is None:
+            z = torch.randn(b, self.z_dim, device=labels.device, dtype=labels.dtype)
+        zmap = z[:, :, None, None].expand(b, self.z_dim, h, w) if z.dim() == 2 else z
+        image = torch.tanh(self.conv(torch.cat([labels, zmap.to(labels.dtype)], 1)))
         aux = {}
         if self.with_aux:
-            b = image.shape[0]
             aux = {"mu": self.latent[:1].expand(b, -1) + image.mean(), "logvar": self.latent[1:].expand(b, -1)}
         return GeneratorOutput(image, aux)
 

@@ -29,6 +29,8 @@ D_TINY = {
     "patchgan": {"ndf": 8},
     "patchgan-single": {"ndf": 8},
     "timm-unet": {"backbone": "test_resnet", "decoder_channels": [8, 8, 16, 16, 16], "head_channels": 8},
+    "dp-sims": {"dp-sims": {"backbone": "test_convnext", "pretrained": False, "decoder_channels": [8, 8, 8, 8],
+                            "head_channels": 8}},
 }
 PRESET_G = {"oasis": "oasis", "spade": "spade", "spade+": "spade"}
 PRESET_D = {"oasis": "oasis-unet", "spade": "patchgan", "spade+": "patchgan"}
@@ -84,6 +86,8 @@ COMBINATIONS = [
     ("oasis", "patchgan", "hinge", set()),
     ("oasis", "patchgan-single", "hinge", set()),
     ("oasis", "timm-unet", "n+1", {"labelmix"}),
+    ("oasis", "dp-sims", "n+1", {"labelmix"}),
+    ("spade+", "dp-sims", "n+1", set()),
     ("oasis", "oasis-encoder", "bce", set()),
     ("oasis", "oasis-unet-concat", "bce", {"labelmix"}),
     ("oasis", "oasis-unet-projection", "bce", {"labelmix"}),
@@ -162,5 +166,5 @@ def test_explicit_objective_that_cannot_score_the_discriminator_is_rejected():
     assert "objective 'n+1' cannot score discriminator 'patchgan'" in msg
     assert "Objectives that fit: bce, hinge" in msg
     cfg = config("spade+", "timm-unet", **{"model.objective": "hinge"})
-    with pytest.raises(IncompatibleError, match="Objectives that fit: n\\+1"):
+    with pytest.raises(IncompatibleError, match="Objectives that fit: focal-n\\+1, n\\+1"):
         resolve_parts(cfg)

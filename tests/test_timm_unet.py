@@ -17,7 +17,7 @@ from gensynth.interfaces import Condition, DOutputKind, one_hot
 
 timm = pytest.importorskip("timm")
 from gensynth_timm.discriminator import TimmUNetDiscriminator  # noqa: E402
-from gensynth_timm.weights import load_backbone_weights  # noqa: E402
+from gensynth.nn.backbone_weights import load_backbone_weights  # noqa: E402
 
 TINY = dict(decoder_channels=[8, 8, 16, 16, 16], head_channels=8)
 

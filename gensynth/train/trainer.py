@@ -36,6 +36,7 @@ from gensynth.train.health import HealthMonitor, HealthReport, noise_dependence
 from gensynth.train.init_from import InitReport, load_matching
 from gensynth.train.logging import MetricsLog, ProgressDisplay
 from gensynth.train.precision import autocast, make_scaler
+from gensynth.train.param_groups import param_groups
 from gensynth.train.preflight import check_input_size
 from gensynth.train.run_lock import RunDirBusyError, RunLock
 from gensynth.train.samples import make_grid, palette, save_png
@@ -177,10 +178,9 @@ class Trainer:
         self.ema = EMA(self.G, cfg.trainer.ema_decay, cfg.trainer.ema_warmup) if cfg.trainer.ema_decay is not None else None
         oc = cfg.optim
         betas = (float(oc.beta1), float(oc.beta2))
-        self.opt_g = make_adam((p for p in self.G.parameters() if p.requires_grad), oc.lr_g, betas, oc.implementation,
-                               self.device)
-        self.opt_d = make_adam((p for p in self.D.parameters() if p.requires_grad), oc.lr_d, betas, oc.implementation,
-                               self.device)
+        # trainable parameters only (a frozen backbone gets no optimiser state), in the modules' own lr groups
+        self.opt_g = make_adam(param_groups(self.G, oc.lr_g), oc.lr_g, betas, oc.implementation, self.device)
+        self.opt_d = make_adam(param_groups(self.D, oc.lr_d), oc.lr_d, betas, oc.implementation, self.device)
         self.sched_g = make_scheduler(self.opt_g, oc.schedule, self.total, oc.decay_start)
         #: the gradient-norm clip: the user's optim.grad_clip, else the stable start's (None: no clipping)
         self.grad_clip = oc.grad_clip if oc.grad_clip is not None else (

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from gensynth.interfaces import Capability, Condition, DiscriminatorOutput, DOutputKind, LossTerm, Objective, StepContext
+from gensynth.nn.class_balance import class_balancing_weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -25,22 +26,6 @@ class NPlusOneOptions(BaseModel):
 
     balancing: bool = Field(True, description="per-batch class-balancing weights (official default); "
                                               "false = all-ones weights (official --no_balancing_inloss)")
-
-
-def class_balancing_weights(label_ids: Tensor, num_classes: int, dontcare: int | None = 0) -> Tensor:
-    """Per-pixel weights (B, H, W) as the official code computes them, per batch.
-
-    count_c = pixels of class c in the batch (count of ``dontcare`` forced to 0); K = classes with count > 0;
-    w_c = B*H*W / (K * count_c); the don't-care weight is 0. Example: ids [[0,1,1,1],[2,2,2,2]] ->
-    [[0, 4/3, 4/3, 4/3], [1, 1, 1, 1]]. A batch made only of don't-care pixels gets all-zero weights.
-    """
-    counts = torch.bincount(label_ids.reshape(-1), minlength=num_classes).to(torch.float32)
-    if dontcare is not None:
-        counts[dontcare] = 0
-    present = counts > 0
-    k = present.sum()  # stays on the device: no host-device synchronisation in the training step
-    weights = torch.where(present, label_ids.numel() / (k.clamp_min(1) * counts.clamp_min(1)), 0.0)
-    return weights[label_ids]
 
 
 class NPlusOneObjective(Objective):

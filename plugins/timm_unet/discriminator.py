@@ -22,7 +22,7 @@ from gensynth.interfaces import Condition, Discriminator, DiscriminatorOutput, D
 from gensynth.nn.spade import maybe_sn
 from gensynth_timm.decoder import ConvBlock, FeatureConditioner, UpStage
 from gensynth_timm.options import TimmUNetOptions
-from gensynth_timm.weights import load_backbone_weights
+from gensynth.nn.backbone_weights import load_backbone_weights
 
 
 def _options(options: dict[str, Any]) -> TimmUNetOptions:
