@@ -34,9 +34,10 @@ DATASET_DEFAULTS = {
     "coco-stuff": {"trainer.epochs": 100},
 }
 
-#: trains on the 64x64 procedural demo data on a CPU in minutes with no download: a random, fine-tuned tiny timm
-#: backbone (test_convnext, 0.2M parameters) and a small generator (benchmarks/README.md has the timing)
-DEMO_DEFAULTS = {
+#: ``--scale tiny`` (the demo data's default): trains on the 64x64 procedural demo data on a CPU in minutes with no
+#: download: a random, fine-tuned tiny timm backbone (test_convnext, 0.2M parameters) and a small generator
+#: (benchmarks/README.md has the timing)
+TINY_SCALE = {
     G + "channels": 16,
     G + "num_res_blocks": 4,
     G + "z_dim": 16,
@@ -52,8 +53,12 @@ DEMO_DEFAULTS = {
     D + "backbone_lr_scale": 1.0,
     D + "decoder_channels": [16, 32, 32, 64],
     D + "head_channels": 16,
-    "optim.lr_g": 2e-4,
     "trainer.batch_size": 8,
+}
+
+#: the demo data's schedule (its model size is the tiny scale)
+DEMO_DEFAULTS = {
+    "optim.lr_g": 2e-4,
     "trainer.ema_decay": 0.999,
     "trainer.steps": 300,
     "trainer.bn_refresh_batches": 10,
@@ -82,13 +87,14 @@ def dpsims_preset() -> ModelPreset:
         defaults=dict(DEFAULTS),
         dataset_defaults={**{k: dict(v) for k, v in DATASET_DEFAULTS.items()}, "demo": dict(DEMO_DEFAULTS)},
         dontcare="class",
+        scales={"tiny": dict(TINY_SCALE), "small": dict(SMALL_SCALE)},
+        default_scales={"demo": "tiny"},
     )
 
 
-#: a small backbone and generator for one GPU: ConvNeXt-atto (3.4M parameters, pretrained weights from a local
-#: file), generator base width 32
-SMALL_DEFAULTS = {
-    **DEFAULTS,
+#: ``--scale small`` of ``dp-sims``, and the ``dp-sims-small`` preset: a small backbone and generator for one GPU:
+#: ConvNeXt-atto (3.4M parameters, pretrained weights from a local file), generator base width 32
+SMALL_SCALE = {
     D + "backbone": "convnext_atto",
     D + "decoder_channels": [64, 128, 256, 256],
     D + "head_channels": 32,
@@ -96,6 +102,7 @@ SMALL_DEFAULTS = {
     G + "encoder_max_channels": 128,
     "trainer.batch_size": 16,
 }
+SMALL_DEFAULTS = {**DEFAULTS, **SMALL_SCALE}
 
 
 def dpsims_small_preset() -> ModelPreset:
@@ -111,4 +118,6 @@ def dpsims_small_preset() -> ModelPreset:
         defaults=dict(SMALL_DEFAULTS),
         dataset_defaults={**{k: dict(v) for k, v in DATASET_DEFAULTS.items()}, "demo": dict(DEMO_DEFAULTS)},
         dontcare="class",
+        scales={"tiny": dict(TINY_SCALE)},
+        default_scales={"demo": "tiny"},
     )
