@@ -11,8 +11,9 @@ Two implementations compute it:
 
 * ``unfold``: the official way, ``F.unfold`` materialises the (N, 9C, H, W) patches, multiplies and sums; autograd
   keeps the unfolded patches for the backward pass (9x the activation);
-* ``shifted``: the sum of nine products of the kernels' tap planes with shifted views of the zero-padded input; it
-  keeps only the padded input (one activation) for the backward pass.
+* ``shifted``: the sum of nine products of the kernels' tap planes with shifted views of the zero-padded input,
+  with a hand-written backward (:class:`_ShiftedDepthwise`) that keeps only the inputs and writes the kernels'
+  gradient tap by tap.
 
 Both give the same numbers up to floating-point summation order. ``benchmarks/ccfpse_depthconv.py`` measures
 their peak memory and time: ``shifted`` is the default (see benchmarks/README.md, "CC-FPSE").
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -42,18 +44,55 @@ def depthwise_unfold(x: Tensor, kernels: Tensor) -> Tensor:
     return (patches * kernels.view(n, c, 9, h, w)).sum(dim=2)
 
 
+class _ShiftedDepthwise(torch.autograd.Function):
+    """The shifted-products form with a hand-written backward that keeps nothing but its inputs.
+
+    Forward: out = sum_t taps_t * shift_t(x_padded), accumulated in place. Backward: the kernels' gradient is written
+    tap by tap into one (N, 9C, H, W) tensor (grad_t = grad_out * shift_t(x_padded)); the input's gradient is the sum
+    of the taps' products shifted back, accumulated in place into a padded buffer. Autograd through the plain
+    expression would instead build a full-size zero tensor for every tap's slice of the kernels. First-order only."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernels: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        padded = F.pad(x, (1, 1, 1, 1))
+        taps = kernels.view(n, c, 9, h, w)
+        out = taps[:, :, 0] * padded[:, :, :h, :w]
+        for t in range(1, 9):
+            dy, dx = divmod(t, 3)
+            out.addcmul_(taps[:, :, t], padded[:, :, dy:dy + h, dx:dx + w])
+        ctx.save_for_backward(x, kernels)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if torch.is_grad_enabled():
+            raise RuntimeError("the shifted per-pixel depthwise conv is first-order only (create_graph=True was "
+                               "asked); use model.generator_options.depthwise=unfold for double backward")
+        x, kernels = ctx.saved_tensors
+        n, c, h, w = x.shape
+        grad_x = grad_k = None
+        if ctx.needs_input_grad[1]:
+            padded = F.pad(x, (1, 1, 1, 1))
+            grad_k = torch.empty((n, c, 9, h, w), dtype=kernels.dtype, device=kernels.device)
+            for t in range(9):
+                dy, dx = divmod(t, 3)
+                torch.mul(grad, padded[:, :, dy:dy + h, dx:dx + w], out=grad_k[:, :, t])
+            grad_k = grad_k.view(n, 9 * c, h, w)
+        if ctx.needs_input_grad[0]:
+            taps = kernels.view(n, c, 9, h, w)
+            grad_padded = torch.zeros((n, c, h + 2, w + 2), dtype=x.dtype, device=x.device)
+            for t in range(9):
+                dy, dx = divmod(t, 3)
+                grad_padded[:, :, dy:dy + h, dx:dx + w].addcmul_(grad, taps[:, :, t])
+            grad_x = grad_padded[:, :, 1:h + 1, 1:w + 1].contiguous()
+        return grad_x, grad_k
+
+
 def depthwise_shifted(x: Tensor, kernels: Tensor) -> Tensor:
     """x (N, C, H, W), kernels (N, 9C, H, W) -> (N, C, H, W) as a sum of nine shifted products."""
     _check(x, kernels)
-    n, c, h, w = x.shape
-    padded = F.pad(x, (1, 1, 1, 1))
-    taps = kernels.view(n, c, 9, h, w)
-    out = None
-    for t in range(9):
-        dy, dx = divmod(t, 3)
-        term = taps[:, :, t] * padded[:, :, dy:dy + h, dx:dx + w]
-        out = term if out is None else out.add_(term)  # in place: mul's backward needs its inputs only
-    return out
+    return _ShiftedDepthwise.apply(x, kernels)
 
 
 IMPLEMENTATIONS = {"shifted": depthwise_shifted, "unfold": depthwise_unfold}
