@@ -256,8 +256,10 @@ def test_fpse_outputs_and_features():
     assert [tuple(x.shape) for x in out.logits] == [(3, 1, 16, 24), (3, 1, 8, 12), (3, 1, 4, 6)]
     shapes = [[tuple(f.shape) for f in scale] for scale in out.features]
     assert shapes == [[(3, 8, 16, 24)], [(3, 16, 8, 12)], [(3, 32, 4, 6), (3, 32, 2, 3)]]
-    with pytest.raises(ValueError, match="multiple of 32; got 48x64"):
+    with pytest.raises(ValueError, match="multiple of 32 .*; got 48x64"):
         d(torch.zeros(1, 3, 48, 64), cond_for(6, b=1, h=48, w=64))
+    with pytest.raises(ValueError, match="more than one pixel left at 1/32.*got 32x32"):
+        d(torch.zeros(1, 3, 32, 32), cond_for(6, b=1, h=32, w=32))
     with pytest.raises(ValueError, match="needs the Condition"):
         d(torch.zeros(1, 3, 64, 64), None)
 

@@ -48,7 +48,7 @@ def sn_in_lrelu(fin: int, fout: int, kernel: int, stride: int, spectral: bool) -
 class FPSEDiscriminator(Discriminator):
     """image (B, 3, H, W), labels (B, N, H, W) [+ edges] -> PATCH logits at 1/4, 1/8, 1/16 and features.
 
-    H and W must be multiples of 32. Real and fake go through one call (``joint_real_fake``), as the official
+    H and W must be multiples of 32, with (H/32)(W/32) > 1 (instance norm at 1/32). Real and fake go through one call (``joint_real_fake``), as the official
     training step concatenates them."""
 
     output_kind = DOutputKind.PATCH
@@ -103,9 +103,9 @@ class FPSEDiscriminator(Discriminator):
             raise ValueError("the fpse discriminator needs the Condition (its score embeds the labels)")
         cond = as_condition(cond)
         h, w = image.shape[-2:]
-        if h % 32 or w % 32:
+        if h % 32 or w % 32 or h * w < 2 * 32 * 32:
             raise ValueError(f"the fpse discriminator downsamples 5 times, so the image size must be a multiple of "
-                             f"32; got {h}x{w}")
+                             f"32 with more than one pixel left at 1/32 (instance norm), e.g. 64x64; got {h}x{w}")
         e1 = self.enc1(image)
         e2 = self.enc2(e1)
         e3 = self.enc3(e2)
