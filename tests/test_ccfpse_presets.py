@@ -40,7 +40,7 @@ def test_demo_entry_is_small_and_has_no_vae():
     assert cfg.trainer.steps == 300 and cfg.trainer.batch_size == 8
     assert parts.generator_options["init_gain"] == 1.0 and cfg.optim.lr_g == 4e-4  # the demo's two deviations
     official, _ = resolve({"model.preset": "cc-fpse", "data.name": "ade20k"})
-    assert "init_gain" not in resolve_parts(official).generator_options and official.optim.lr_g == 1e-4
+    assert resolve_parts(official).generator_options["init_gain"] == 0.02 and official.optim.lr_g == 1e-4
     with torch.device("meta"):
         g, d = build_generator(parts), build_discriminator(parts)
     assert sum(p.numel() for p in g.parameters()) < 3_000_000 and sum(p.numel() for p in d.parameters()) < 500_000
