@@ -285,7 +285,7 @@ class CondConvGenerator(Generator):
         else:
             x = self.fc(F.interpolate(seg, size=(sh, sw), mode="nearest"))
         pyramid = self.label_pyramid(seg)
-        for i, (name, level) in enumerate(zip(BLOCKS, BLOCK_LEVELS[self.mode])):
+        for name, level in zip(BLOCKS, BLOCK_LEVELS[self.mode]):
             if name != "head_0" and not (name == "G_middle_1" and self.mode == "normal"):
                 x = self.up(x)
             feature = pyramid[level]
