@@ -56,6 +56,30 @@ def test_frechet_shifted_gaussians_known_values():
     assert frechet_distance(np.zeros(3), s1, np.array([1.0, 0, 0]), s2) == pytest.approx(expected, rel=1e-9)
 
 
+def test_frechet_retries_with_an_offset_when_scipy_refuses_the_square_root(monkeypatch):
+    """scipy 1.17's sqrtm raises LinAlgError (-102) on some near-singular products where older versions returned
+    NaN (met with the near-constant images of an untrained generator): the offset retry must take over."""
+    from scipy import linalg
+
+    real_sqrtm, calls = linalg.sqrtm, []
+
+    def refusing_once(m, *args, **kwargs):
+        calls.append(m.copy())
+        if len(calls) == 1:
+            raise linalg.LinAlgError("Internal error in scipy.linalg.sqrtm: -102")
+        return real_sqrtm(m, *args, **kwargs)
+
+    monkeypatch.setattr(linalg, "sqrtm", refusing_once)
+    s1, s2 = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 4.0, 1.0])
+    expected = 1.0 + (1 - 2) ** 2 + 0 + (3 - 1) ** 2
+    assert frechet_distance(np.zeros(3), s1, np.array([1.0, 0, 0]), s2) == pytest.approx(expected, rel=1e-5)
+    assert len(calls) == 2 and np.allclose(calls[1], (s1 + 1e-6 * np.eye(3)) @ (s2 + 1e-6 * np.eye(3)))
+    calls.clear()
+    monkeypatch.setattr(linalg, "sqrtm", lambda m, *a, **k: (_ for _ in ()).throw(linalg.LinAlgError("-102")))
+    with pytest.raises(linalg.LinAlgError, match="-102"):  # the retry does not hide a second failure
+        frechet_distance(np.zeros(3), s1, np.zeros(3), s2)
+
+
 def test_frechet_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="differ in shape"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))

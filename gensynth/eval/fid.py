@@ -134,12 +134,20 @@ class FeatureStats:
         return np.concatenate(self.features, 0) if self.features else np.zeros((0, 0), np.float32)
 
 
-def _sqrtm(m: np.ndarray) -> np.ndarray:
+def _sqrtm(m: np.ndarray, *, strict: bool = False) -> np.ndarray:
+    """The matrix square root; for a matrix scipy cannot take it of (a near-singular product: scipy 1.17 raises
+    ``LinAlgError: Internal error in scipy.linalg.sqrtm: -102`` where older versions returned NaN), a NaN matrix, so
+    the caller retries with an offset; ``strict`` re-raises instead."""
     from scipy import linalg
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "singular matrix": handled by the caller's offset
-        out = linalg.sqrtm(m)
+        try:
+            out = linalg.sqrtm(m)
+        except (linalg.LinAlgError, ValueError):
+            if strict:
+                raise
+            return np.full_like(m, np.nan)
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -155,7 +163,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     covmean = _sqrtm(s1.dot(s2))
     if not np.isfinite(covmean).all():
         offset = np.eye(s1.shape[0]) * eps
-        covmean = _sqrtm((s1 + offset).dot(s2 + offset))
+        covmean = _sqrtm((s1 + offset).dot(s2 + offset), strict=True)
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             warnings.warn(f"sqrtm has an imaginary component of {np.max(np.abs(covmean.imag)):.3g}")
