@@ -134,10 +134,10 @@ class FeatureStats:
         return np.concatenate(self.features, 0) if self.features else np.zeros((0, 0), np.float32)
 
 
-def _sqrtm(m: np.ndarray, *, strict: bool = False) -> np.ndarray:
+def _sqrtm(m: np.ndarray) -> np.ndarray:
     """The matrix square root; for a matrix scipy cannot take it of (a near-singular product: scipy 1.17 raises
     ``LinAlgError: Internal error in scipy.linalg.sqrtm: -102`` where older versions returned NaN), a NaN matrix, so
-    the caller retries with an offset; ``strict`` re-raises instead."""
+    that the caller falls back."""
     from scipy import linalg
 
     with warnings.catch_warnings():
@@ -145,16 +145,24 @@ def _sqrtm(m: np.ndarray, *, strict: bool = False) -> np.ndarray:
         try:
             out = linalg.sqrtm(m)
         except (linalg.LinAlgError, ValueError):
-            if strict:
-                raise
             return np.full_like(m, np.nan)
     return out[0] if isinstance(out, tuple) else out
+
+
+def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """Tr(sqrt(S1 S2)) for covariance matrices, as Tr(sqrt(A S2 A)) with A = sqrt(S1): the same value (S1 S2 is similar
+    to A S2 A), computed from symmetric eigen-decompositions, which do not fail on near-singular matrices."""
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = a @ s2 @ a
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
                      eps: float = 1e-6) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)); a small ``eps`` is added to the diagonals when the
-    product is singular; a negligible imaginary part of the square root is dropped."""
+    product is singular (and when scipy still cannot take its square root, the trace comes from the symmetric form
+    :func:`_trace_sqrt_product`); a negligible imaginary part of the square root is dropped."""
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
@@ -163,7 +171,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     covmean = _sqrtm(s1.dot(s2))
     if not np.isfinite(covmean).all():
         offset = np.eye(s1.shape[0]) * eps
-        covmean = _sqrtm((s1 + offset).dot(s2 + offset), strict=True)
+        covmean = _sqrtm((s1 + offset).dot(s2 + offset))
+    if not np.isfinite(covmean).all():  # scipy refused twice: the trace through the symmetric form
+        return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * _trace_sqrt_product(s1, s2))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             warnings.warn(f"sqrtm has an imaginary component of {np.max(np.abs(covmean.imag)):.3g}")
