@@ -1,9 +1,10 @@
-"""Evidence that it learns: OASIS vs SPADE+ on the demo data, at CPU scale (issue 9).
+"""Evidence that it learns: OASIS vs SPADE+ (and CC-FPSE with ``--models``) on the demo data, at CPU scale (issue 9).
 
 Trains, with the real trainer (``run_training``), the same seed and the same number of steps:
 
 * ``oasis``: the OASIS preset (N+1 segmentation discriminator, LabelMix, 3D noise), no perceptual loss;
 * ``spade+``: SPADE+ as the OASIS paper defines it, WITHOUT its VGG perceptual loss;
+* ``cc-fpse``: the CC-FPSE preset's demo entry with FPSE at ndf 8 (on request: ``--models oasis,spade+,cc-fpse``);
 * ``spade+vgg``: SPADE+ with the VGG19 perceptual loss (weight 10), only when a VGG19 weights file is given
   (``--vgg-weights PATH``, or torchvision's cache location); skipped otherwise, and the report says so;
 * ``dp-sims`` / ``dp-sims-nodiv`` (only when asked with ``--models``): the DP-SIMS-style preset at its demo entry
@@ -70,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_rates import machine_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "learning"
-MODELS = ("oasis", "spade+", "spade+vgg", "dp-sims", "dp-sims-nodiv")
+MODELS = ("oasis", "spade+", "spade+vgg", "dp-sims", "dp-sims-nodiv", "cc-fpse")
 
 # ---------------------------------------------------------------------------------------------
 # configurations
@@ -90,6 +91,9 @@ VARIANTS = {
     # weight) and without the diversity term
     "dp-sims": {"model.preset": "dp-sims"},
     "dp-sims-nodiv": {"model.preset": "dp-sims", "model.losses.diversity": 0},
+    # CC-FPSE's demo entry (G 1.93M: ngf 8, predictors 16, xavier gain 1.0; no VAE, no VGG) with FPSE at ndf 8
+    # (82k parameters, next to OASIS' 82k U-Net); not in the default set: --models oasis,spade+,cc-fpse
+    "cc-fpse": {"model.preset": "cc-fpse", "model.discriminator_options.ndf": 8},
 }
 #: the CI configuration (tests/test_learning_evidence.py): 32x32, tiny widths (OASIS G 0.04M / D 0.04M,
 #: SPADE+ G 0.06M / D 0.01M parameters), batch 4, a faster D
@@ -147,6 +151,9 @@ def run_overrides(model: str, settings: Settings, run_dir: Path) -> dict[str, An
         raise ValueError(f"unknown model {model!r}; allowed: {', '.join(MODELS)}")
     keys = {**COMMON, **VARIANTS[model]}
     if settings.tiny:
+        if model not in TINY_VARIANTS:
+            raise ValueError(f"model {model!r} has no --tiny configuration (32x32: the FPSE discriminator needs "
+                             f"64x64 or more); run it at the demo scale")
         keys.update({**TINY, **TINY_VARIANTS[model]})
     if model == "spade+vgg":
         keys["model.loss_options.vgg.weights_path"] = str(settings.vgg_weights)
@@ -544,7 +551,8 @@ CURVE_PANELS = [("seg_miou", "generated-image mIoU, segmenter (higher better)", 
                 ("texture_chi2", "texture chi2, LBP (lower better)", False),
                 ("d_miou", "D mIoU on real images (higher better)", False),
                 ("ms_ssim", "MS-SSIM between samples (lower = diverse)", False)]
-MODEL_COLOURS = {"oasis": (200, 40, 40), "spade+": (40, 90, 200), "spade+vgg": (30, 150, 60)}
+MODEL_COLOURS = {"oasis": (200, 40, 40), "spade+": (40, 90, 200), "spade+vgg": (30, 150, 60),
+                 "cc-fpse": (160, 60, 180)}
 
 
 def _font(size: int):

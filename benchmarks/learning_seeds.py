@@ -173,7 +173,7 @@ def markdown(summary: dict[str, Any], metrics: list[str]) -> str:
             lines.append(f"| {g['model']} | {g['precision']} | {seeds} | {step} | "
                          + " | ".join(_cell(row[m]) for m in metrics) + " |")
     lines += ["", "Cells: median over seeds (minimum-maximum).", "",
-              f"| model | precision | seed | final step | " + " | ".join(METRICS[m][0] for m in metrics)
+              "| model | precision | seed | final step | " + " | ".join(METRICS[m][0] for m in metrics)
               + f" | best seg mIoU (step) | first step with seg mIoU ≥ {summary['reach']:g} |",
               "|" + "---|" * (len(metrics) + 6)]
     for r in summary["runs"]:

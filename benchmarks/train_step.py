@@ -133,8 +133,10 @@ def _sync(device: torch.device) -> None:
 
 def _overrides(preset: str, data: str, size: tuple[int, int], batch: int) -> dict:
     o = {"model.preset": preset, "data.name": data, "data.size": list(size), "trainer.batch_size": batch}
-    if preset.startswith("spade"):  # the perceptual term costs the same with random VGG weights (none downloadable)
-        o["model.loss_options"] = {"vgg": {"random_init": True}}
+    if preset.startswith("spade") or preset == "cc-fpse":  # the perceptual term costs the same with random VGG
+        o["model.loss_options"] = {"vgg": {"random_init": True}}  # weights (none downloadable)
+    if preset == "cc-fpse":  # its VAE's Linear head is built for the training size
+        o["model.generator_options.size"] = list(size)
     return o
 
 

@@ -107,6 +107,9 @@ class VGGLossTerm(LossTerm):
 def register_losses(register):
     register("vgg", VGGLossTerm, options=VGGLossOptions, tiny={"random_init": True},
              description="VGG19 perceptual loss (weights from a local torchvision vgg19 file)")
+    from gensynth.nn.vae import KLDLoss
+
+    register("kl", KLDLoss, description="KL divergence of a VAE encoder's latent from N(0, I) (SPADE, CC-FPSE: 0.05)")
 
 
 # --------------------------------------------------------------------------------------------

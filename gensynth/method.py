@@ -107,4 +107,24 @@ class AdversarialMethod(TrainingMethod):
         return losses
 
 
-METHODS = {"adversarial": AdversarialMethod}
+def with_style(G, real: Tensor, cond: Condition) -> Condition:
+    """cond with ``style_image = real`` when G declares ``uses_style_image`` and none is set."""
+    if getattr(unwrap(G), "uses_style_image", False) and cond.style_image is None:
+        return Condition(cond.labels, cond.instance_edges, real, cond.ids)
+    return cond
+
+
+class StyleEncoderMethod(AdversarialMethod):
+    """AdversarialMethod feeding the real image to a generator's style encoder (SPADE and CC-FPSE with a VAE).
+
+    Both steps encode the real image when the generator declares ``uses_style_image`` (the D step regenerates the
+    fake from it under no_grad), as the official SPADE and CC-FPSE code; other generators are unaffected."""
+
+    def d_losses(self, G, D, real, cond, step=0):
+        return super().d_losses(G, D, real, with_style(G, real, cond), step)
+
+    def g_losses(self, G, D, real, cond, step=0):
+        return super().g_losses(G, D, real, with_style(G, real, cond), step)
+
+
+METHODS = {"adversarial": AdversarialMethod, "adversarial-style": StyleEncoderMethod}

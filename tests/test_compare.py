@@ -61,3 +61,23 @@ def test_compare_checks_evaluation_requirements_before_training(tmp_path, tiny_c
     flat = " ".join(result.output.split())
     assert "cannot run the requested metric (lpips)" in flat and "alexnet-owt-7be5be79.pth" in flat
     assert not out.exists()  # nothing trained: mIoU (the run's discriminator, built after training) passed the check
+
+
+def test_compare_swaps_fpse_into_an_oasis_run_with_hinge(tmp_path, tiny_cache):
+    """FPSE (cc-fpse plugin) next to OASIS' own U-Net: the objective follows it (hinge), LabelMix is dropped."""
+    out = tmp_path / "cmp"
+    sets = [*_sets(tmp_path, tiny_cache, drop=("model.discriminator_options",)),
+            "--set", "model.discriminator_options.oasis-unet.num_res_blocks=2",
+            "--set", "model.discriminator_options.oasis-unet.width=0.0625",
+            "--set", "model.discriminator_options.fpse.ndf=4", "--set", "data.size=[64, 64]"]
+    result = CliRunner().invoke(cli, ["compare", "--model", "oasis", "--discriminators", "oasis-unet,fpse",
+                                      "--data", "demo", "--steps", "2", "--metrics", "color-texture",
+                                      "--out", str(out), *sets])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "compare.json").read_text())
+    assert [r["discriminator"] for r in rows] == ["oasis-unet", "fpse"]
+    assert rows[0]["objective"] == "n+1" and rows[1]["objective"] == "hinge"
+    assert "labelmix" in rows[0]["losses"] and "labelmix" not in rows[1]["losses"]
+    parts = json.loads((out / "fpse" / "config.json").read_text())["parts"]
+    assert parts["discriminator_options"]["ndf"] == 4
+    assert any("objective 'hinge' follows discriminator 'fpse'" in n for n in parts["notes"])

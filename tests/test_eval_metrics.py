@@ -75,6 +75,9 @@ def test_frechet_shifted_gaussians_known_values():
     s1, s2 = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 4.0, 1.0])
     expected = 1.0 + (1 - 2) ** 2 + 0 + (3 - 1) ** 2
     assert frechet_distance(np.zeros(3), s1, np.array([1.0, 0, 0]), s2) == pytest.approx(expected, rel=1e-9)
+    # singular covariances (the near-constant images of an untrained generator): finite, by the closed form
+    # (torch-fidelity takes Tr sqrt(S1 S2) from eigenvalues: no matrix square root that can refuse)
+    assert frechet_distance(np.zeros(3), np.zeros((3, 3)), np.ones(3), s2) == pytest.approx(3.0 + 9.0, rel=1e-9)
     with pytest.raises(ValueError, match="differ in shape"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 

@@ -320,7 +320,7 @@ def test_cli_import_official(release, tmp_path):
     assert ck.config().model.preset == "oasis" and ck.config().data.name == DATA
     res = runner.invoke(cli, ["models", "import-official", "spade", str(root), "--data", DATA,
                               "--out", str(tmp_path / "ck2")])
-    assert res.exit_code == 2 and "unknown model 'spade'; known: oasis" in res.output
+    assert res.exit_code == 2 and "unknown model 'spade'; known: cc-fpse, oasis" in res.output
 
 
 def test_fine_tuning_an_imported_checkpoint_on_another_class_count(release, tmp_path):

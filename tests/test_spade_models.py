@@ -11,7 +11,7 @@ from gensynth.errors import ConfigError
 from gensynth.interfaces import (Condition, DiscriminatorOutput, DOutputKind, GeneratorOutput, NoiseKind,
                                  StepContext, instance_edges, one_hot)
 from gensynth_spade.discriminator import PatchGANDiscriminator, build_patchgan, build_patchgan_single
-from gensynth_spade.encoder import ConvEncoder, reparameterize
+from gensynth.nn.vae import ConvEncoder, reparameterize
 from gensynth_spade.generator import SpadeGenerator, build_spade_generator
 from gensynth_spade.losses import FeatureMatchingLoss, KLDLoss, feature_matching, kl_divergence
 

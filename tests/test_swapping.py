@@ -20,6 +20,7 @@ from gensynth.interfaces import Condition, one_hot
 G_TINY = {
     "oasis": {"channels": 8, "num_res_blocks": 4, "spade_hidden": 8, "norm": "batch"},
     "spade": {"ngf": 4},
+    "cc-fpse": {"ngf": 4, "hidden": 8},
 }
 D_TINY = {
     "oasis-unet": {"num_res_blocks": 4, "width": 0.125},
@@ -31,9 +32,10 @@ D_TINY = {
     "timm-unet": {"backbone": "test_resnet", "decoder_channels": [8, 8, 16, 16, 16], "head_channels": 8},
     "dp-sims": {"dp-sims": {"backbone": "test_convnext", "pretrained": False, "decoder_channels": [8, 8, 8, 8],
                             "head_channels": 8}},
+    "fpse": {"ndf": 4},
 }
-PRESET_G = {"oasis": "oasis", "spade": "spade", "spade+": "spade"}
-PRESET_D = {"oasis": "oasis-unet", "spade": "patchgan", "spade+": "patchgan"}
+PRESET_G = {"oasis": "oasis", "spade": "spade", "spade+": "spade", "cc-fpse": "cc-fpse"}
+PRESET_D = {"oasis": "oasis-unet", "spade": "patchgan", "spade+": "patchgan", "cc-fpse": "fpse"}
 
 
 def config(preset: str, discriminator: str | None = None, **extra):
@@ -95,6 +97,12 @@ COMBINATIONS = [
     ("spade+", "timm-unet", "n+1", set()),
     ("spade", "oasis-unet", "n+1", set()),
     ("spade", "oasis-encoder", "hinge", {"feature-matching"}),  # hinge scores per-image logits: it stays
+    ("oasis", "fpse", "hinge", set()),  # FPSE's PATCH scores bring hinge; LabelMix needs per-pixel output
+    ("spade", "fpse", "hinge", {"feature-matching"}),  # FPSE's bottom-up features serve SPADE's feature matching
+    ("spade+", "fpse", "hinge", set()),
+    ("cc-fpse", None, "hinge", {"fpse-feature-matching"}),
+    ("cc-fpse", "oasis-unet", "n+1", set()),  # its features-based term is dropped with a note
+    ("cc-fpse", "patchgan", "hinge", {"fpse-feature-matching"}),
 ]
 
 

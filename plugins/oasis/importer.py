@@ -20,7 +20,7 @@ import click
 import torch
 from torch import Tensor
 
-from gensynth.errors import CheckpointError, ConfigError
+from gensynth.errors import CheckpointError
 
 ROLES = {"generator": "G", "generator_ema": "EMA", "discriminator": "D"}
 _PARAM_RENAMES = (
@@ -266,30 +266,15 @@ def load_official_generator(path: str | Path, dataset: str, *, ema: bool = True,
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
-KNOWN_MODELS = ("oasis",)
-
-
-@click.command("import-official")
-@click.argument("model")
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--data", "dataset", required=True, help="dataset the checkpoint was trained on (cityscapes, ade20k, coco-stuff)")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="gensynth checkpoint directory to write")
-@click.option("--which", default=None, help="best, latest or an iteration number (default: best, else latest, else newest)")
-def import_official_command(model: str, path: Path, dataset: str, out: Path, which: str | None):
-    """Convert an official release checkpoint folder (MODEL: oasis) into a gensynth checkpoint."""
-    if model not in KNOWN_MODELS:
-        raise ConfigError(f"import-official: unknown model {model!r}; known: {', '.join(KNOWN_MODELS)}")
-    from gensynth.checkpoint import save_checkpoint
-
+def _cli_import(path: Path, dataset: str, which: str | None):
+    """The ``oasis`` converter of ``gensynth models import-official``."""
     models, meta, release = convert_official(path, dataset, which=which)
-    written = save_checkpoint(out, models=models, meta=meta)
     kept = ", ".join(f"{role} <- {f.name}" for role, f in release.files.items())
-    click.echo(f"imported official {model} ({release.which}, step {meta['step']}) for {dataset}: {kept}")
-    click.echo(f"wrote {written}")
+    return models, meta, f"imported official oasis ({release.which}, step {meta['step']}) for {dataset}: {kept}"
 
 
 def add_commands(cli: click.Group) -> None:
-    """register_commands hook body: ``gensynth models import-official``."""
-    models = cli.commands.get("models")
-    if isinstance(models, click.Group) and "import-official" not in models.commands:
-        models.add_command(import_official_command)
+    """register_commands hook body: ``gensynth models import-official oasis``."""
+    from gensynth.cli.models_cmd import register_official_importer
+
+    register_official_importer(cli, "oasis", _cli_import)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from gensynth.interfaces import Condition, Discriminator, DiscriminatorOutput, DOutputKind, as_condition
 from gensynth.nn.spade import init_xavier
 
-from gensynth_spade.encoder import norm_conv
+from gensynth.nn.vae import norm_conv
 
 
 class PatchGANOptions(BaseModel):

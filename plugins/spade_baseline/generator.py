@@ -20,7 +20,7 @@ from gensynth.interfaces import Condition, Generator, GeneratorOutput, NoiseKind
 from gensynth.nn.resample import UpsampleNearest
 from gensynth.nn.spade import SPADEResBlock, init_xavier
 
-from gensynth_spade.encoder import ConvEncoder, reparameterize
+from gensynth.nn.vae import ConvEncoder, reparameterize
 
 UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
 

@@ -1,7 +1,6 @@
-"""SPADE's generator-side loss terms: feature matching and the VAE's KL divergence."""
+"""SPADE's feature-matching loss term (the VAE's KL divergence is the core's ``kl``: gensynth.nn.vae)."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -42,23 +41,5 @@ class FeatureMatchingLoss(LossTerm):
         return feature_matching(ctx.d_fake.features, ctx.d_real.features)
 
 
-def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) summed over batch and dimensions, as SPADE:
-    -0.5 * sum(1 + logvar - mu^2 - exp(logvar)). mu, logvar: (B, z_dim) -> scalar."""
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-
-
-class KLDLoss(LossTerm):
-    """KL divergence of SPADE's VAE encoder output from N(0, I) (weight 0.05)."""
-
-    side = "G"
-    requires = frozenset({Capability.GENERATOR_AUX})
-    default_weight = 0.05
-
-    def __call__(self, ctx: StepContext) -> Tensor:
-        aux = ctx.gen.aux if ctx.gen is not None else {}
-        if "mu" not in aux or "logvar" not in aux:
-            raise ConfigError("the 'kl' loss needs the generator's mu and logvar: use a generator with a style "
-                              "encoder (spade with use_vae=true) and pass the real image as cond.style_image "
-                              "(the spade presets' training method does), or set model.losses.kl=0")
-        return kl_divergence(aux["mu"], aux["logvar"])
+# the VAE terms live in the core (shared with CC-FPSE); re-exported for existing imports
+from gensynth.nn.vae import KLDLoss, kl_divergence  # noqa: E402,F401

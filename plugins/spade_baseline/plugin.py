@@ -6,7 +6,7 @@ from gensynth import hookimpl
 from gensynth_spade.discriminator import (PatchGANDiscriminator, PatchGANOptions, PatchGANSingleOptions,
                                           build_patchgan, build_patchgan_single)
 from gensynth_spade.generator import SpadeGeneratorOptions, build_spade_generator
-from gensynth_spade.losses import FeatureMatchingLoss, KLDLoss
+from gensynth_spade.losses import FeatureMatchingLoss
 from gensynth_spade.presets import PRESETS
 
 
@@ -30,7 +30,6 @@ def register_discriminators(register):
 def register_losses(register):
     register("feature-matching", FeatureMatchingLoss,
              description="L1 between discriminator features of fakes and reals (SPADE, weight 10)")
-    register("kl", KLDLoss, description="KL divergence of the VAE encoder's latent from N(0, I) (SPADE, 0.05)")
 
 
 @hookimpl

@@ -1,4 +1,8 @@
-"""SPADE's VAE image encoder (``ConvEncoder`` of NVlabs/SPADE, re-implemented from its description).
+"""The VAE image encoder of SPADE and CC-FPSE (``ConvEncoder``, re-implemented from its description), its
+reparameterisation and its KL divergence term (registered by the core as the ``kl`` loss).
+
+SPADE (NVlabs/SPADE) and CC-FPSE (xh-liu/CC-FPSE) use the same encoder, so it lives in the core and both plugins
+build it from here.
 
 The style image is resized (bilinear) to ``image_size`` x ``image_size`` (256 in SPADE), then passes through
 log2(image_size / 4) stride-2 3x3 convolutions of widths ngf, 2ngf, 4ngf, 8ngf, 8ngf, 8ngf (capped at 8ngf),
@@ -13,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gensynth.errors import ConfigError
+from gensynth.interfaces import Capability, LossTerm, StepContext
 from gensynth.nn.spade import maybe_sn
 
 
@@ -70,3 +76,26 @@ def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None
     """z = mu + eps * exp(0.5 * logvar), eps ~ N(0, I); all (B, z_dim)."""
     eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
     return mu + eps * torch.exp(0.5 * logvar)
+
+
+def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over batch and dimensions, as SPADE and CC-FPSE:
+    -0.5 * sum(1 + logvar - mu^2 - exp(logvar)). mu, logvar: (B, z_dim) -> scalar."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+class KLDLoss(LossTerm):
+    """KL divergence of a VAE encoder's output from N(0, I) (SPADE and CC-FPSE: weight 0.05)."""
+
+    side = "G"
+    requires = frozenset({Capability.GENERATOR_AUX})
+    default_weight = 0.05
+
+    def __call__(self, ctx: StepContext) -> Tensor:
+        aux = ctx.gen.aux if ctx.gen is not None else {}
+        if "mu" not in aux or "logvar" not in aux:
+            raise ConfigError("the 'kl' loss needs the generator's mu and logvar: use a generator with a style "
+                              "encoder (spade or cc-fpse with use_vae=true) and pass the real image as "
+                              "cond.style_image (the spade and cc-fpse presets' training method does), or set "
+                              "model.losses.kl=0")
+        return kl_divergence(aux["mu"], aux["logvar"])
