@@ -371,6 +371,9 @@ def resolve(cli: dict[str, Any] | None = None, yaml_path: str | None = None,
     scale = user.get("model.scale") or preset.default_scales.get(data_name, "paper")
     layers.append((f"scale {scale} of preset {preset_name}", {**preset.scale_overrides(scale), "model.scale": scale}))
     layers = _drop_swapped_part_options(layers, preset, user)
+    follow = _generator_size_follows(host, preset, user)
+    if follow:
+        layers.append(follow)
     if from_yaml:
         layers.append((f"yaml {yaml_path}", from_yaml))
     if cli:
@@ -380,6 +383,24 @@ def resolve(cli: dict[str, Any] | None = None, yaml_path: str | None = None,
     if requested:
         layers.append(("user-set loss terms", {"model.requested_losses": requested}))
     return build_config(layers)
+
+
+def _generator_size_follows(host, preset, user: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """A generator whose layout is fixed at build time by an option ``size`` (the Linear head of SPADE's and
+    CC-FPSE's VAE) follows the training size the user chose (``--size``): a layer setting
+    ``model.generator_options.size`` to it, unless the user set that option too."""
+    if user.get("data.size") is None:
+        return None
+    name = user.get("model.generator") or preset.generator.name
+    flat, nested = "model.generator_options.size", f"model.generator_options.{name}.size"
+    if flat in user or nested in user or "size" in (user.get("model.generator_options") or {}):
+        return None
+    reg = host.registry("generators")
+    options = reg.entry(name).options if name in reg else None
+    if options is None or "size" not in getattr(options, "model_fields", {}):
+        return None
+    return ("the generator's size follows data.size", {flat: list(DataConfig.model_validate(
+        {"size": user["data.size"]}).size)})
 
 
 def _drop_swapped_part_options(layers: list[tuple[str, dict[str, Any]]], preset,

@@ -235,3 +235,40 @@ def test_progress_keeps_step_speed_and_eta_visible_in_80_columns():
     last = bar_lines[-1]
     assert "12.3 img/s" in last and "ETA" in last and len(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", last)) <= 80
     assert any("D_fake=2.48" in l and "40/300" not in l for l in frames)  # the losses on their own line
+
+
+def test_a_generator_built_for_a_size_follows_the_chosen_training_size():
+    """SPADE's and CC-FPSE's VAE heads are Linear layers built for one size (model.generator_options.size):
+    --size moves them along; the user's own value of the option still wins; OASIS has no such option."""
+    cfg, prov = resolve({"model.preset": "cc-fpse", "data.name": "cityscapes", "data.size": "64x128"})
+    assert cfg.model.generator_options["size"] == [64, 128]
+    assert prov["model.generator_options.size"] == "the generator's size follows data.size"
+    cfg, _ = resolve({"model.preset": "cc-fpse", "data.name": "cityscapes"})
+    assert cfg.model.generator_options["size"] == [256, 512]  # the official script's
+    cfg, _ = resolve({"model.preset": "spade", "data.name": "ade20k", "data.size": 64})
+    assert cfg.model.generator_options["size"] == [64, 64]
+    cfg, prov = resolve({"model.preset": "cc-fpse", "data.name": "cityscapes", "data.size": "64x128",
+                         "model.generator_options.size": [128, 256]})
+    assert cfg.model.generator_options["size"] == [128, 256] and prov["model.generator_options.size"] == "cli"
+    cfg, _ = resolve({"model.preset": "oasis", "data.name": "ade20k", "data.size": 64})
+    assert "size" not in cfg.model.generator_options
+
+
+@pytest.mark.parametrize("preset, key, tiny, small", [
+    ("cc-fpse", "model.generator_options", {"ngf": 8, "hidden": 16}, {"ngf": 32, "hidden": 32}),
+    ("dp-sims", "model.discriminator_options", {"dp-sims": {"backbone": "test_convnext"}},
+     {"dp-sims": {"backbone": "convnext_atto"}}),
+])
+def test_the_new_model_plugins_have_scales(preset, key, tiny, small):
+    def section(cfg):
+        return getattr(cfg.model, key.split(".")[1])
+
+    demo, _ = resolve({"model.preset": preset, "data.name": "demo"})
+    assert demo.model.scale == "tiny"
+    for k, v in tiny.items():
+        got = section(demo)[k]
+        assert (got == v) if not isinstance(v, dict) else all(got[i] == j for i, j in v.items())
+    real, _ = resolve({"model.preset": preset, "data.name": "ade20k", "model.scale": "small"})
+    for k, v in small.items():
+        got = section(real)[k]
+        assert (got == v) if not isinstance(v, dict) else all(got[i] == j for i, j in v.items())

@@ -27,18 +27,31 @@ _VAE = {"model.generator_options.use_vae": True, "model.losses.kl": 0.05}
 _EDGES = {"model.generator_options.use_instance_edges": True,
           "model.discriminator_options.use_instance_edges": True}
 
-#: a small CC-FPSE that trains visibly on the 64x64 procedural demo on a CPU in minutes (no VAE; the VGG loss is off:
-#: its weights cannot be downloaded). Two deviations, measured (README.md): with the official xavier gain 0.02 this
-#: narrow generator still outputs flat grey after 300 steps (at lr_g 1e-4 and at 4e-4); with gain 1.0 and lr_g 4e-4
-#: it draws the layout and colours by step 200 (about 1 s per step at batch 8 on one idle core)
-DEMO_DEFAULTS = {
+#: ``--scale tiny`` (the demo data's default): a small CC-FPSE that trains visibly on the 64x64 procedural demo on a
+#: CPU in minutes. Two deviations, measured (README.md): with the official xavier gain 0.02 this narrow generator
+#: still outputs flat grey after 300 steps (at lr_g 1e-4 and at 4e-4); with gain 1.0 and lr_g 4e-4 it draws the
+#: layout and colours by step 200 (about 1 s per step at batch 8 on one idle core)
+TINY_SCALE = {
     "model.generator_options.ngf": 8,
     "model.generator_options.hidden": 16,
     "model.generator_options.init_gain": 1.0,
     "model.discriminator_options.ndf": 16,
-    "model.losses.vgg": 0,
     "optim.lr_g": 4e-4,
     "trainer.batch_size": 8,
+}
+
+#: ``--scale small``: half the official widths (ngf 32, predictor hidden 32, ndf 32) and batch 8
+SMALL_SCALE = {
+    "model.generator_options.ngf": 32,
+    "model.generator_options.hidden": 32,
+    "model.discriminator_options.ndf": 32,
+    "trainer.batch_size": 8,
+}
+
+#: the demo data's schedule (its model size is the tiny scale): no VAE; the VGG loss is off (its weights cannot be
+#: downloaded)
+DEMO_DEFAULTS = {
+    "model.losses.vgg": 0,
     "trainer.steps": 300,
     "trainer.log_every": 25,
     "trainer.sample_every": 100,
@@ -72,4 +85,6 @@ def cc_fpse_preset() -> ModelPreset:
         defaults=dict(OFFICIAL_DEFAULTS),
         dataset_defaults={k: dict(v) for k, v in OFFICIAL_DATASET_DEFAULTS.items()},
         dontcare="extra-last",
+        scales={"tiny": dict(TINY_SCALE), "small": dict(SMALL_SCALE)},
+        default_scales={"demo": "tiny"},
     )
