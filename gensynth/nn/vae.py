@@ -78,6 +78,35 @@ def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None
     return mu + eps * torch.exp(0.5 * logvar)
 
 
+def start_map(fc: nn.Module, seg: Tensor, style_image: Tensor | None, z: Tensor | None, start: tuple[int, int], *,
+              use_vae: bool, size: tuple[int, int] | None, z_dim: int, channels: int, encode, what: str
+              ) -> tuple[Tensor, dict[str, Tensor]]:
+    """The first feature map of a SPADE-style generator (SPADE, CC-FPSE) and the VAE's aux outputs.
+
+    With ``use_vae``: ``z`` (B, z_dim), else the style image's encoding (``encode(style_image) -> mu, logvar``,
+    reparameterised; aux ``mu``/``logvar``), else N(0, I); ``fc`` (Linear z_dim -> channels * h * w, built for the
+    training ``size``) gives (B, channels, h, w). Without: ``fc`` (a 3x3 convolution) of the label map ``seg``
+    (B, C, H, W) resized (nearest) to ``start`` = (h, w). ValueError naming ``what`` for a size or ``z`` the head
+    was not built for."""
+    B, _, H, W = seg.shape
+    if not use_vae:
+        return fc(F.interpolate(seg, size=start, mode="nearest")), {}
+    if size is not None and (H, W) != tuple(size):
+        raise ValueError(f"this {what} generator's VAE head was built for size {size[0]}x{size[1]} "
+                         f"(model.generator_options.size), got labels of {H}x{W}")
+    aux: dict[str, Tensor] = {}
+    if z is None:
+        if style_image is not None:
+            mu, logvar = encode(style_image)
+            z = reparameterize(mu, logvar)
+            aux = {"mu": mu, "logvar": logvar}
+        else:
+            z = torch.randn(B, z_dim, device=seg.device, dtype=seg.dtype)
+    if z.dim() != 2 or z.shape[1] != z_dim:
+        raise ValueError(f"z must be (B, {z_dim}), got {tuple(z.shape)}")
+    return fc(z).view(B, channels, start[0], start[1]), aux
+
+
 def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) summed over batch and dimensions, as SPADE and CC-FPSE:
     -0.5 * sum(1 + logvar - mu^2 - exp(logvar)). mu, logvar: (B, z_dim) -> scalar."""

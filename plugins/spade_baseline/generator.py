@@ -20,7 +20,7 @@ from gensynth.interfaces import Condition, Generator, GeneratorOutput, NoiseKind
 from gensynth.nn.resample import UpsampleNearest
 from gensynth.nn.spade import SPADEResBlock, init_xavier
 
-from gensynth.nn.vae import ConvEncoder, reparameterize
+from gensynth.nn.vae import ConvEncoder, start_map
 
 UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
 
@@ -142,23 +142,8 @@ class SpadeGenerator(Generator):
         seg = self.segmap(cond)
         B, _, H, W = seg.shape
         sh, sw = self._start_size((H, W))
-        aux: dict[str, Tensor] = {}
-        if self.use_vae:
-            if (H, W) != self.size:
-                raise ValueError(f"this SPADE generator's VAE head was built for size {self.size[0]}x{self.size[1]} "
-                                 f"(model.generator_options.size), got labels of {H}x{W}")
-            if z is None:
-                if cond.style_image is not None:
-                    mu, logvar = self.encode(cond.style_image)
-                    z = reparameterize(mu, logvar)
-                    aux = {"mu": mu, "logvar": logvar}
-                else:
-                    z = torch.randn(B, self.z_dim, device=seg.device, dtype=seg.dtype)
-            if z.dim() != 2 or z.shape[1] != self.z_dim:
-                raise ValueError(f"z must be (B, {self.z_dim}), got {tuple(z.shape)}")
-            x = self.fc(z).view(B, 16 * self.nf, sh, sw)
-        else:
-            x = self.fc(F.interpolate(seg, size=(sh, sw), mode="nearest"))
+        x, aux = start_map(self.fc, seg, cond.style_image, z, (sh, sw), use_vae=self.use_vae, size=self.size,
+                           z_dim=self.z_dim, channels=16 * self.nf, encode=self.encode, what="SPADE")
 
         x = self.head_0(x, seg)
         x = self.up(x)
