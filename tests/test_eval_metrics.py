@@ -78,6 +78,8 @@ def test_frechet_shifted_gaussians_known_values():
     # singular covariances (the near-constant images of an untrained generator): finite, by the closed form
     # (torch-fidelity takes Tr sqrt(S1 S2) from eigenvalues: no matrix square root that can refuse)
     assert frechet_distance(np.zeros(3), np.zeros((3, 3)), np.ones(3), s2) == pytest.approx(3.0 + 9.0, rel=1e-9)
+    # statistics of non-finite images (an untrained CC-FPSE generator in eval mode): NaN, not an exception
+    assert np.isnan(frechet_distance(np.full(3, np.nan), s1, np.zeros(3), s2))
     with pytest.raises(ValueError, match="differ in shape"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
