@@ -114,8 +114,10 @@ def test_resampling_the_painted_region_changes_the_image_only_around_it(page, sh
     ys, xs = np.nonzero(painted)
     assert diff[painted].mean() > 2, "the re-sampled region did not change"
     # OASIS feeds the noise into each SPADE layer at that layer's resolution; this generator's coarsest layer is
-    # at 1/2 scale and its 3x3 convolutions reach a few pixels further: 8 pixels bound the spread
-    margin = 8
+    # at 1/2 scale and its 3x3 convolutions reach further: a change of noise reaches at most 11 pixels (measured on
+    # this architecture with random weights), so 12 pixels bound the spread exactly (smaller margins pass or fail
+    # by the rounding to 8 bits of changes far below one level)
+    margin = 12
     far = np.ones_like(painted)
     far[max(ys.min() - margin, 0):ys.max() + margin + 1, max(xs.min() - margin, 0):xs.max() + margin + 1] = False
     assert far.sum() > SIZE * SIZE // 2
@@ -203,7 +205,7 @@ def test_resample_class_then_new_sample_and_undo(page):
     after = read_png(page.image_png()).astype(int)
     diff = np.abs(after - before).max(axis=2)
     assert diff[2:15, 2:15].mean() > 2
-    assert diff[24:, 24:].max() == 0  # the mountain stroke and everything else far from the sand: unchanged
+    assert diff[27:, 27:].max() == 0  # the mountain stroke and all beyond 12 px of the sand: unchanged
     seed = page.element("#seed").get_attribute("value")
     n = page.generations()
     page.click("#new-sample")
