@@ -5,7 +5,8 @@ Routes (JSON errors are ``{"error": message}`` with status 400/403/404/413):
 * ``GET /`` and ``GET /static/<file>``: the page (files shipped in ``gensynth/paint/static``; nothing from a CDN).
 * ``GET /api/info``: dataset, classes (id, name, colour, raw id), canvas size, noise kind, style support.
 * ``GET /api/sample/<i>``: the i-th label map given with ``--labels`` as ``{"name", "width", "height", "ids"}``.
-* ``POST /api/labels``: body = an id PNG (dataset raw ids) -> ``{"width", "height", "ids"}`` (model ids).
+* ``POST /api/labels``: body = a label file as training reads it (an id PNG of the dataset's raw ids, or a colour
+  mask in its class colours) -> ``{"width", "height", "ids"}`` (model ids).
 * ``POST /api/labelmap``: JSON ``{"width", "height", "ids"}`` -> the id PNG ``gensynth generate --labels`` reads.
 * ``POST /api/generate``: JSON :class:`gensynth.paint.session.GenerateRequest` -> PNG image; headers
   ``X-Model-Ms`` and ``X-Encode-Ms`` carry the server-side milliseconds.
