@@ -37,6 +37,24 @@ def param_free_norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"param-free norm must be 'batch', 'syncbatch' or 'instance', got {kind!r}")
 
 
+def segmentation_input(cond, num_classes: int, with_edges: bool, what: str) -> Tensor:
+    """(B, num_classes [+1], H, W): a Condition's one-hot labels, then its instance edge map when ``with_edges``
+    (the input of SPADE-style generators, e.g. SPADE and CC-FPSE); ValueError naming ``what`` ("SPADE") for labels
+    of another class count or missing edges."""
+    import torch
+
+    labels = cond.labels
+    if labels.shape[1] != num_classes:
+        raise ValueError(f"the {what} generator was built for {num_classes} label channels, "
+                         f"got labels of shape {tuple(labels.shape)}")
+    if not with_edges:
+        return labels
+    if cond.instance_edges is None:
+        raise ValueError(f"this {what} generator uses instance edges (use_instance_edges=true) but the "
+                         "Condition has none: the dataset needs instance maps, or set use_instance_edges=false")
+    return torch.cat([labels, cond.instance_edges.to(labels.dtype)], dim=1)
+
+
 def resize_seg(seg: Tensor | SegInput, size) -> Tensor | SegInput:
     """``seg`` (B, C, h, w) resized to ``size`` with nearest interpolation (unchanged when it already fits)."""
     if tuple(seg.shape[-2:]) == tuple(size):

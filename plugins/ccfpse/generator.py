@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from gensynth.interfaces import Condition, Generator, GeneratorOutput, NoiseKind, as_condition
 from gensynth.nn.conv import Conv2d
 from gensynth.nn.resample import UpsampleNearest
-from gensynth.nn.spade import SPADE, init_xavier, maybe_sn
+from gensynth.nn.spade import SPADE, init_xavier, maybe_sn, segmentation_input
 from gensynth.nn.vae import ConvEncoder, start_map
 
 from gensynth_ccfpse.depthconv import depthwise_per_pixel
@@ -232,16 +232,7 @@ class CondConvGenerator(Generator):
 
     def segmap(self, cond: Condition) -> Tensor:
         """(B, S, H, W): the one-hot labels, then the instance edge map when used."""
-        labels = cond.labels
-        if labels.shape[1] != self.num_classes:
-            raise ValueError(f"the cc-fpse generator was built for {self.num_classes} label channels, "
-                             f"got labels of shape {tuple(labels.shape)}")
-        if not self.uses_instance_edges:
-            return labels
-        if cond.instance_edges is None:
-            raise ValueError("this cc-fpse generator uses instance edges (use_instance_edges=true) but the "
-                             "Condition has none: the dataset needs instance maps, or set use_instance_edges=false")
-        return torch.cat([labels, cond.instance_edges.to(labels.dtype)], dim=1)
+        return segmentation_input(cond, self.num_classes, self.uses_instance_edges, "cc-fpse")
 
     def label_pyramid(self, seg: Tensor) -> list[Tensor]:
         """seg (B, S, H, W) -> pyramid levels, coarsest first: (B, nf, H / 2^k, W / 2^k) for k = num_up .. 0."""

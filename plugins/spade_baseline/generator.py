@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from gensynth.interfaces import Condition, Generator, GeneratorOutput, NoiseKind, as_condition
 from gensynth.nn.resample import UpsampleNearest
-from gensynth.nn.spade import SPADEResBlock, init_xavier
+from gensynth.nn.spade import SPADEResBlock, init_xavier, segmentation_input
 
 from gensynth.nn.vae import ConvEncoder, start_map
 
@@ -119,16 +119,7 @@ class SpadeGenerator(Generator):
 
     def segmap(self, cond: Condition) -> Tensor:
         """(B, num_classes [+1], H, W): the one-hot labels, then the instance edge map when used."""
-        labels = cond.labels
-        if labels.shape[1] != self.num_classes:
-            raise ValueError(f"the SPADE generator was built for {self.num_classes} label channels, "
-                             f"got labels of shape {tuple(labels.shape)}")
-        if not self.uses_instance_edges:
-            return labels
-        if cond.instance_edges is None:
-            raise ValueError("this SPADE generator uses instance edges (use_instance_edges=true) but the "
-                             "Condition has none: the dataset needs instance maps, or set use_instance_edges=false")
-        return torch.cat([labels, cond.instance_edges.to(labels.dtype)], dim=1)
+        return segmentation_input(cond, self.num_classes, self.uses_instance_edges, "SPADE")
 
     def encode(self, style_image: Tensor) -> tuple[Tensor, Tensor]:
         """style_image (B, 3, H, W) -> mu, logvar (B, z_dim)."""

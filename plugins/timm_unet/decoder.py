@@ -8,10 +8,10 @@ space, or per pixel over channels) and follows it with a learned 1x1 projection.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gensynth.nn.spade import maybe_sn
+from gensynth.nn.unet import ResidualConvBlock, SkipUpBlock
 
 
 def standardise(x: Tensor, mode: str, eps: float = 1e-5) -> Tensor:
@@ -44,37 +44,6 @@ class FeatureConditioner(nn.Module):
         return self.proj(standardise(x, self.mode))
 
 
-class ConvBlock(nn.Module):
-    """Residual block: LReLU -> conv3x3 -> LReLU -> conv3x3, plus a 1x1 shortcut when widths differ.
-
-    (B, c_in, h, w) -> (B, c_out, h, w); spectral norm on every conv when ``spectral``.
-    """
-
-    def __init__(self, c_in: int, c_out: int, spectral: bool = True):
-        super().__init__()
-        self.conv1 = maybe_sn(nn.Conv2d(c_in, c_out, 3, padding=1), spectral)
-        self.conv2 = maybe_sn(nn.Conv2d(c_out, c_out, 3, padding=1), spectral)
-        self.shortcut = maybe_sn(nn.Conv2d(c_in, c_out, 1), spectral) if c_in != c_out else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        dx = self.conv1(F.leaky_relu(x, 0.2))
-        dx = self.conv2(F.leaky_relu(dx, 0.2))
-        return self.shortcut(x) + dx
-
-
-class UpStage(nn.Module):
-    """Upsample the coarser decoder state to the skip's size, concatenate, fuse.
-
-    x: (B, c_x, h, w); skip: (B, c_skip, H', W') with H' >= h -> (B, c_out, H', W').
-    Sizes need not be exact multiples (backbones round odd sizes differently): ``interpolate`` to the
-    skip's size, bilinear.
-    """
-
-    def __init__(self, c_x: int, c_skip: int, c_out: int, spectral: bool = True):
-        super().__init__()
-        self.block = ConvBlock(c_x + c_skip, c_out, spectral)
-
-    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        if x.shape[-2:] != skip.shape[-2:]:
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.block(torch.cat([skip, x], dim=1))
+# the residual block and the skip-joining up-block live in the core (shared with the DP-SIMS discriminator)
+ConvBlock = ResidualConvBlock
+UpStage = SkipUpBlock
